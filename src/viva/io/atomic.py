@@ -1,0 +1,37 @@
+"""Atomic file output: write next to the target, then rename over it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from viva.errors import VivaUserError
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temporary path in `path`'s folder; on success rename it to `path`.
+
+    On any exception the temporary file is deleted and an existing file at `path` is left untouched.
+    The temporary name starts with a dot, so frame-folder readers skip it.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise VivaUserError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+    if path.is_dir():
+        raise VivaUserError(f"cannot write {path}: it is a folder; give a file name")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        # O_EXCL: never clobber a file we did not create; mode 0o666 lets the umask decide permissions.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    except OSError as e:
+        raise VivaUserError(f"cannot write {path}: {e.strerror}; check the folder's permissions") from None
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
