@@ -242,7 +242,7 @@ def render_float(
     max_r = max((s.radius for s in scene.sprites), default=0.0)
     pad = int(math.ceil(2.0 * max_r * scale)) + 4
     hp, wp = height + 2 * pad, width + 2 * pad
-    frames = np.empty((num_frames, hp, wp, 3), dtype=np.float32)
+    frames = np.zeros((num_frames, hp, wp, 3), dtype=np.float32)  # zeros: the pad is cropped, but garbage there warns
     frames[:, pad : pad + height, pad : pad + width] = render_background(scene.background, height, width)
     coverages: dict[int, np.ndarray] = {}
     for sprite in sorted(scene.sprites, key=lambda s: (s.z, s.id)):
