@@ -3,6 +3,8 @@
     viva data generate --out DIR --num N [--workers K] [--seed S] [--categories add,remove] ...
     viva data info DIR
     viva data show DIR --index I -o preview.png
+    viva train vae | instructor | probe | sft [--config YAML] [--out RUN] [KEY=VALUE ...]
+    viva edit INPUT -i "instruction" -o OUT.mp4 [--ref IMG] [--preview PNG] [--model DIR] [--steps N] ...
 
 `build_parser()` assembles one small `add_*_commands(subparsers)` function per command group; each command
 sets `func`, a handler `(args) -> int` that imports what it needs lazily (so `viva --help` stays fast).
@@ -226,6 +228,290 @@ def cmd_data_show(args) -> int:
     return 0
 
 
+# viva edit ------------------------------------------------------------------------------------------
+
+
+def _positive_number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return value
+
+
+def _scale(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number: {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 100, got {text}")
+    return value
+
+
+def add_edit_command(commands) -> None:
+    """`viva edit INPUT -i INSTRUCTION -o OUT [--ref IMG] [--preview PNG] [--model DIR] ...`."""
+    edit = commands.add_parser(
+        "edit",
+        help="edit a video (or image) from an instruction",
+        description="Edit INPUT (a video file, a folder of frames or an image) as the instruction says, "
+        "optionally showing a reference image. The input is fitted to the model's size and length (each "
+        "change is printed). Defaults for --steps / --guidance / --video-guidance come from the model.",
+    )
+    edit.add_argument("input", metavar="INPUT", help="video file, frame folder or image to edit")
+    edit.add_argument("-i", "--instruction", required=True, metavar="TEXT", help="what to change")
+    edit.add_argument("-o", "--output", required=True, metavar="OUT",
+                      help="edited video (.mp4 .mov .mkv .webm .avi .gif) or, for an image input, an image "
+                      "(.png .jpg .webp)")
+    edit.add_argument("--ref", metavar="IMG",
+                      help="reference image (PNG, JPEG, WebP) to take the look of new content from")
+    edit.add_argument("--preview", metavar="PNG",
+                      help="also write a source | result (| reference) grid, one row per frame")
+    edit.add_argument("--model", metavar="DIR", help="model folder (from training or save_pretrained)")
+    edit.add_argument("--steps", type=_whole_number, metavar="N", help="denoising steps (model default: 20)")
+    edit.add_argument("--guidance", type=_scale, metavar="G", help="instruction guidance scale (model default: 3.0)")
+    edit.add_argument("--video-guidance", type=_scale, metavar="G",
+                      help="source-video guidance scale (model default: 1.5)")
+    edit.add_argument("--seed", type=_whole_number, default=0, metavar="S", help="noise seed (default 0)")
+    edit.add_argument("--fps", type=_positive_number, metavar="F",
+                      help="sample the input at F frames per second and write the result at F "
+                      "(default: frames spread evenly over the whole clip, keeping its duration)")
+    edit.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                      help="compute precision (bfloat16: autocast, faster on CPUs with bf16 support)")
+    edit.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default cpu)")
+    edit.add_argument("--threads", type=_whole_number, metavar="N",
+                      help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
+    edit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    edit.set_defaults(func=cmd_edit)
+
+
+def _check_output(path: str, formats, what: str, hint: str) -> None:
+    """Fail before any work when `path` cannot be written: unknown extension, missing or read-only folder."""
+    import os
+    from pathlib import Path
+
+    target = Path(path)
+    if target.suffix.lower() not in formats:
+        raise VivaUserError(
+            f"cannot write {what} {path}: unknown extension {target.suffix or '(none)'!r}; use one of {hint}"
+        )
+    if target.is_dir():
+        raise VivaUserError(f"cannot write {what} {path}: it is a folder; give a file name")
+    parent = target.parent
+    if not parent.is_dir():
+        raise VivaUserError(f"cannot write {what} {path}: folder {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise VivaUserError(f"cannot write {what} {path}: folder {parent} is not writable; check its permissions")
+
+
+def cmd_edit(args) -> int:
+    from pathlib import Path
+
+    from .io import IMAGE_FORMATS, VIDEO_FORMATS, write_image, write_video
+    from .pipeline import (
+        VivaPipeline,
+        check_instruction,
+        check_model_folder,
+        default_model_path,
+        load_reference_input,
+        load_video_input,
+    )
+
+    # 1. Everything a user can get wrong, before loading the model or writing anything.
+    instruction = check_instruction(args.instruction)
+    kinds = ", ".join([*VIDEO_FORMATS, *IMAGE_FORMATS])
+    _check_output(args.output, {**VIDEO_FORMATS, **IMAGE_FORMATS}, "output", kinds)
+    if args.preview is not None:
+        _check_output(args.preview, IMAGE_FORMATS, "preview", ", ".join(IMAGE_FORMATS))
+        if Path(args.preview).resolve() == Path(args.output).resolve():
+            raise VivaUserError("--preview and -o name the same file; give the preview its own name")
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise VivaUserError(f"--steps must be from 1 to 1000, got {args.steps}")
+    if args.seed < 0:
+        raise VivaUserError(f"--seed must be >= 0, got {args.seed}")
+    model = args.model if args.model is not None else default_model_path()
+    if model is None:
+        raise VivaUserError("no --model given and no bundled model; pass --model DIR")
+    index = check_model_folder(model)
+    try:
+        import torch
+
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError) as e:
+        raise VivaUserError(f"unknown --device {args.device!r} ({_one_line(e)}); use e.g. cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VivaUserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise VivaUserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+
+    # 2. Read and fit the inputs to the model's size (all of a corrupt or truncated file is decoded here).
+    from .models.editor import EditorConfig
+
+    size = EditorConfig.from_dict(index.get("editor", {}))
+    frames, fps, notes = load_video_input(args.input, size.height, size.width, size.num_frames, args.fps)
+    as_image = Path(args.output).suffix.lower() in IMAGE_FORMATS
+    if as_image and len(frames) != 1:
+        raise VivaUserError(
+            f"{args.input} is a video but {args.output} is an image; use a video extension "
+            f"({', '.join(VIDEO_FORMATS)})"
+        )
+    reference = None
+    if args.ref is not None:
+        try:
+            reference, ref_notes = load_reference_input(args.ref, size.height, size.width)
+        except VivaUserError as e:
+            raise VivaUserError(f"--ref: {e}") from None
+        notes += ref_notes
+
+    # 3. Load the model and edit.
+    pipe = VivaPipeline.from_pretrained(model, device=device, precision=args.precision)
+    result = pipe(
+        frames,
+        instruction,
+        reference_image=reference,
+        num_inference_steps=args.steps,
+        guidance_scale=args.guidance,
+        video_guidance_scale=args.video_guidance,
+        seed=args.seed,
+        source_fps=fps,
+        progress=not args.no_progress,
+    )
+    for note in dict.fromkeys(notes + result.notes):  # the fitted arrays repeat none but the image note
+        print(f"note: {note}")
+
+    # 4. Write (each file atomically; if the preview fails, the new output is removed again).
+    output = Path(args.output)
+    existed = output.exists()
+    if as_image:
+        write_image(output, result.frames[0])
+    else:
+        write_video(output, result.frames, fps=result.fps)
+    try:
+        if args.preview is not None:
+            write_image(args.preview, result.preview())
+    except BaseException:
+        if not existed:
+            output.unlink(missing_ok=True)
+        raise
+    T, H, W = result.frames.shape[:3]
+    what = "image" if as_image else f"{T} frames at {result.fps:.3g} fps"
+    print(
+        f"wrote {output} ({what}, {W}x{H}; steps {result.num_inference_steps}, guidance {result.guidance_scale:g}, "
+        f"video guidance {result.video_guidance_scale:g}, seed {result.seed})"
+    )
+    if args.preview is not None:
+        print(f"wrote {args.preview} (preview)")
+    return 0
+
+
+# viva train -----------------------------------------------------------------------------------------
+# One sub-subcommand per trainer (`viva train vae | instructor | probe | ...`): each `add_train_*(sub)`
+# below adds its parser to the group; add a new trainer by appending its function to TRAIN_COMMANDS.
+
+
+def add_run_arguments(parser, what: str, default_out: str) -> None:
+    """What every trainer takes: --config, --out, --device, --stop-at, --no-progress, KEY=VALUE overrides."""
+    parser.add_argument("--config", metavar="YAML", help=f"{what} config (default: the built-in defaults, as in configs/)")
+    parser.add_argument("--out", default=default_out, metavar="RUN",
+                        help=f"run folder (default {default_out}); a run that has checkpoints there is resumed")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides train.device (auto: CUDA when available)")
+    parser.add_argument("--stop-at", type=_whole_number, metavar="STEP",
+                        help="stop after STEP steps with a checkpoint (run again to resume)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100 optim.lr=1e-3")
+
+
+def _run_trainer(args, config_class, run_class) -> int:
+    from .train.config import load_config
+
+    overrides = list(args.overrides) + ([f"train.device={args.device}"] if args.device else [])
+    config = load_config(config_class, args.config, overrides)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise VivaUserError(f"--stop-at must be at least 1, got {args.stop_at}")
+    return run_class(config, args.out, stop_at=args.stop_at, progress=not args.no_progress).run()
+
+
+def add_train_vae(sub) -> None:
+    vae = sub.add_parser("vae", help="train the mini VAE on world clips",
+                         description="Train the MiniVAE on world frames (generated on the fly, or data.root), fit its "
+                         "latent scaling and write RUN/vae/ and RUN/eval.json (held-out PSNR).")
+    add_run_arguments(vae, "VAE training", "runs/vae")
+    vae.set_defaults(func=cmd_train_vae)
+
+
+def cmd_train_vae(args) -> int:
+    from .train.vae import VAETrainConfig, VAETrainingRun
+
+    return _run_trainer(args, VAETrainConfig, VAETrainingRun)
+
+
+def add_train_instructor(sub) -> None:
+    inst = sub.add_parser("instructor", help="vision-language pre-training of the mini VLM instructor",
+                          description="Teach the instructor's ViT + projector to ground instructions in the world "
+                          "(grounding heads, discarded after training); write RUN/instructor/ and RUN/eval.json "
+                          "(held-out head accuracies and the grounding probe).")
+    add_run_arguments(inst, "instructor pre-training", "runs/instructor")
+    inst.set_defaults(func=cmd_train_instructor)
+
+
+def cmd_train_instructor(args) -> int:
+    from .train.instructor import InstructorTrainConfig, InstructorTrainingRun
+
+    return _run_trainer(args, InstructorTrainConfig, InstructorTrainingRun)
+
+
+def add_train_probe(sub) -> None:
+    probe = sub.add_parser("probe", help="linear grounding probe of an instructor's tokens",
+                           description="Fit linear probes on an instructor's mean-pooled tokens to recover the color and "
+                           "3x3 cell of the sprite an instruction refers to by shape, size or position only; held-out "
+                           "accuracy, with the text-only instructor as the baseline.")
+    probe.add_argument("--instructor", required=True, metavar="DIR", help="instructor folder (e.g. RUN/instructor)")
+    probe.add_argument("--num-train", type=_whole_number, default=2000, metavar="N", help="probe training examples (default 2000)")
+    probe.add_argument("--num-test", type=_whole_number, default=1000, metavar="N", help="held-out examples (default 1000)")
+    probe.add_argument("--seed", type=_whole_number, default=2_000_003, metavar="S", help="examples' seed (test: S+1)")
+    probe.add_argument("--no-baseline", action="store_true", help="skip the text-only instructor baseline")
+    probe.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="where to run (default auto)")
+    probe.add_argument("--workers", type=int, default=-1, metavar="K", help="data workers (default: automatic)")
+    probe.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    probe.set_defaults(func=cmd_train_probe)
+
+
+def cmd_train_probe(args) -> int:
+    from .train.probe import run_probe_command
+
+    return run_probe_command(args)
+
+
+def add_train_sft(sub) -> None:
+    sft = sub.add_parser("sft", help="supervised fine-tuning of the editor (refiner + DiT)",
+                         description="Train the editor's token refiner and DiT with the masked flow-matching loss on "
+                         "world pairs (images with probability data.image_prob, videos otherwise), the VAE and the "
+                         "instructor frozen; previews in RUN/samples/, the EMA model in RUN/model/.")
+    add_run_arguments(sft, "SFT", "runs/sft")
+    sft.set_defaults(func=cmd_train_sft)
+
+
+def cmd_train_sft(args) -> int:
+    from .train.sft import SFTConfig, SFTTrainingRun
+
+    return _run_trainer(args, SFTConfig, SFTTrainingRun)
+
+
+TRAIN_COMMANDS = [add_train_vae, add_train_instructor, add_train_probe, add_train_sft]
+
+
+def add_train_commands(commands) -> None:
+    """`viva train vae | instructor | probe | ...` (one parser per entry of TRAIN_COMMANDS)."""
+    train = commands.add_parser("train", help="train and probe the mini components")
+    sub = train.add_subparsers(dest="train_command", metavar="TRAINER", required=True)
+    for add in TRAIN_COMMANDS:
+        add(sub)
+
+
 # The parser -----------------------------------------------------------------------------------------
 
 
@@ -237,6 +523,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--version", action="version", version=f"viva {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add_data_commands(commands)
+    add_train_commands(commands)
+    add_edit_command(commands)
     return parser
 
 

@@ -13,13 +13,40 @@ Rules worth knowing:
 - outputs are written to a hidden temporary file in the same folder, then renamed over the target.
 """
 
-from viva.io.clip import DEFAULT_FOLDER_FPS, VideoInfo
-from viva.io.frames import fit_to_model, resize_center_crop, sample_frames
-from viva.io.image import IMAGE_FORMATS, read_image, write_image
-from viva.io.limits import VideoLimits
-from viva.io.sampling import sample_indices
-from viva.io.video import probe_video, read_video
-from viva.io.writer import VIDEO_FORMATS, write_video
+# Exports are imported on first use (PEP 562): `viva.io.atomic` and the other PyAV-free helpers stay
+# importable on machines without PyAV (training machines), and `import viva.io` stays cheap.
+_EXPORTS: dict[str, str] = {
+    "DEFAULT_FOLDER_FPS": "clip",
+    "VideoInfo": "clip",
+    "fit_to_model": "frames",
+    "resize_center_crop": "frames",
+    "sample_frames": "frames",
+    "IMAGE_FORMATS": "image",
+    "read_image": "image",
+    "write_image": "image",
+    "VideoLimits": "limits",
+    "sample_indices": "sampling",
+    "probe_video": "video",
+    "read_video": "video",
+    "VIDEO_FORMATS": "writer",
+    "write_video": "writer",
+}
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'viva.io' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f"viva.io.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "DEFAULT_FOLDER_FPS",

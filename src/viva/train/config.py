@@ -9,6 +9,7 @@ Nested dataclass fields are addressed with dots. Values are parsed as YAML scala
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -44,12 +45,27 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
             kwargs[key] = from_dict(hint, base, where=f"{where}{key}.")
         elif isinstance(value, list) and typing.get_origin(hint) is tuple:
             kwargs[key] = tuple(value)
+        elif isinstance(value, str) and _accepts_float(hint):
+            kwargs[key] = _to_float(value, where + key)  # YAML 1.1 reads `1e-4` (no dot) as a string
         else:
             kwargs[key] = value
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise VivaUserError(f"invalid config {where or cls.__name__}: {e}") from None
+
+
+def _accepts_float(hint: Any) -> bool:
+    if hint is float:
+        return True
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and float in typing.get_args(hint) and str not in typing.get_args(hint)
+
+
+def _to_float(value: str, key: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise VivaUserError(f"config key {key} must be a number, got {value!r}") from None
 
 
 def _has_defaults(cls: type) -> bool:

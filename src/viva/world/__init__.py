@@ -17,3 +17,5 @@ from .scene import (
     Scene,
     Sprite,
 )
+from .detect import Detection, DetectionResult, Track, detect, link_tracks
+from .verify import ClauseScore, VerifyResult, verify

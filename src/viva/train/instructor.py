@@ -1,0 +1,492 @@
+"""`viva train instructor`: vision-language pre-training of the mini VLM instructor on the world.
+
+    viva train instructor --config configs/instructor_mini.yaml --out runs/instructor [KEY=VALUE ...]
+
+PAPER.md: the editor's VLM is a frozen, pre-trained LLaVA. Our MiniVLMInstructor has a pre-trained text
+encoder (MiniLM) but a new ViT + projector, so before it can be frozen in the editor it must learn to
+*ground* instructions: which sprite an instruction points at, where it is and what it looks like. This is
+LLaVA's stage 1 (projector alignment) for our world, with the ViT trained too.
+
+Objective (our choice). The instructor reads (instruction, source's first frame, reference image) exactly
+as in the editor, and small heads answer questions about the pair from its output tokens; the heads are
+discarded after training, only the instructor is exported:
+
+- per clause (1, or 3 when the data has hybrids): the edit category (add ... ref_replace), the referred
+  (target) sprite's color, shape, 3x3 cell of its centre in the first frame and size class, the new
+  sprite's color/shape (add, replace; the new color of a recolor), the named region of an add, the resize
+  direction, the global state asked for, the new background's kind and color;
+- the reference image: present or not, and its sprite's color, shape and pattern kind;
+- dense (`heads.dense_weight`), from every image token's output: the color and shape of the sprite its
+  patch shows (or background), and whether that sprite is the one the instruction refers to (a
+  referring-segmentation target: the image tokens must know what is where and which object is meant,
+  which needs the image and instruction tokens to talk inside MiniLM).
+
+Each question's head attention-pools the INSTRUCTION tokens ([CLS], words, [SEP]; `heads.
+read_instruction_only`) with its own learned query (one shared attention layer + MLP) and a linear
+classifier: the answers must flow from the image into the instruction tokens, which is what "visually
+grounded instruction tokens" means, and what the probe then measures; labels that do not apply are ignored. Loss: mean cross-entropy over the
+heads + dense_weight * (patch color CE + patch shape CE + referred BCE). MiniLM is frozen by default (`model.train_language_model: true` trains it at
+`optim.language_model_lr`); the ViT, projector and type embeddings train.
+
+The text alone cannot answer most target questions: an instruction names its target by color, shape,
+size or position ("the star", "the leftmost one"), so the target's color or cell must be read off the
+image. The grounding probe (`viva.train.probe`) measures exactly that on the frozen, exported instructor.
+
+At the end: held-out accuracy of every head (`eval.num_examples` pairs of seed `eval.seed`), the
+grounding probe of the trained instructor and of the text-only baseline, RUN/instructor/ and
+RUN/eval.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from ..models.instructor import MiniVLMInstructor, MiniVLMInstructorConfig
+from .harness import OptimConfig, RunConfig, TrainingRun, write_json
+from .probe import instruction_token_mask
+from .world_data import (
+    COLOR_NAMES,
+    IGNORE,
+    GroundingExamples,
+    PairSource,
+    StepBatchSampler,
+    WorldDataConfig,
+    auto_workers,
+    ignore_stop_signals,
+    coerce_numbers,
+    collate_grounding,
+    grounding_label_spaces,
+    to_unit,
+)
+from ..world.scene import SHAPES
+
+PATCH_OUTPUTS = len(COLOR_NAMES) + 1 + len(SHAPES) + 1 + 1  # color or none, shape or none, referred
+
+__all__ = [
+    "GroundingHeads",
+    "GroundingModel",
+    "HeadsConfig",
+    "InstructorDataConfig",
+    "InstructorEvalConfig",
+    "InstructorOptimConfig",
+    "InstructorTrainConfig",
+    "InstructorTrainingRun",
+    "ProbeConfig",
+    "grounding_loss",
+    "evaluate_heads",
+]
+
+
+# Configs -------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class HeadsConfig:
+    max_clauses: int = 0  # clauses asked about; 0: 3 when the data has hybrids, else 1
+    attention_heads: int = 4
+    mlp_ratio: float = 2.0
+    dense_weight: float = 1.0  # weight of the per-patch "what is where / which is referred" loss (0: off)
+    read_instruction_only: bool = True  # questions read the instruction tokens only (not image tokens)
+
+    def __post_init__(self) -> None:
+        coerce_numbers(self)
+        if self.max_clauses < 0 or self.attention_heads < 1 or self.dense_weight < 0:
+            raise ValueError("need heads.max_clauses >= 0, attention_heads >= 1 and dense_weight >= 0")
+
+
+@dataclass
+class InstructorDataConfig(WorldDataConfig):
+    image_fraction: float = 0.5  # the instructor reads first frames: image pairs are cheaper and as good
+
+
+@dataclass
+class InstructorOptimConfig(OptimConfig):
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 300
+    language_model_lr: float = 3e-5  # used when model.train_language_model is true
+
+
+@dataclass
+class InstructorEvalConfig:
+    seed: int = 1_000_003  # held-out pairs (must differ from data.seed)
+    num_examples: int = 1000
+    batch_size: int = 128
+
+    def __post_init__(self) -> None:
+        coerce_numbers(self)
+        if self.num_examples < 1 or self.batch_size < 1:
+            raise ValueError("eval.num_examples and eval.batch_size must be at least 1")
+
+
+@dataclass
+class ProbeConfig:
+    """The grounding probe run after training (see viva.train.probe)."""
+
+    enabled: bool = True
+    num_train: int = 2000
+    num_test: int = 1000
+    seed: int = 2_000_003  # train examples; the held-out test examples use seed + 1
+    batch_size: int = 128
+    l2: float = 1e-3
+    max_iter: int = 200  # L-BFGS iterations of each linear probe
+    baseline: bool = True  # also probe the text-only instructor
+
+    def __post_init__(self) -> None:
+        coerce_numbers(self)
+        if self.num_train < 10 or self.num_test < 1 or self.batch_size < 1 or self.l2 < 0:
+            raise ValueError("need probe.num_train >= 10, num_test >= 1, batch_size >= 1 and l2 >= 0")
+
+
+def _default_model() -> MiniVLMInstructorConfig:
+    return MiniVLMInstructorConfig()
+
+
+@dataclass
+class InstructorTrainConfig:
+    model: MiniVLMInstructorConfig = field(default_factory=_default_model)
+    heads: HeadsConfig = field(default_factory=HeadsConfig)
+    data: InstructorDataConfig = field(default_factory=InstructorDataConfig)
+    optim: InstructorOptimConfig = field(default_factory=InstructorOptimConfig)
+    train: RunConfig = field(default_factory=lambda: RunConfig(steps=2200, batch_size=128, log_every=50))
+    eval: InstructorEvalConfig = field(default_factory=InstructorEvalConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+    def __post_init__(self) -> None:
+        if self.data.root is None and self.eval.seed == self.data.seed:
+            raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}): held-out pairs must be unseen")
+        if self.patch_grid**2 != self.model.image_tokens:
+            raise ValueError("model.image_token_pool must divide the ViT's patch grid")
+
+    @property
+    def patch_grid(self) -> int:
+        return self.model.vision.grid // self.model.image_token_pool
+
+    @property
+    def max_clauses(self) -> int:
+        return self.heads.max_clauses or (3 if self.data.has_hybrids else 1)
+
+
+# Heads ---------------------------------------------------------------------------------------------------
+
+
+class GroundingHeads(nn.Module):
+    """Questions about a pair, answered from instructor tokens [B,L,D] (mask [B,L]).
+
+    One learned query per question attention-pools the (layer-normed) tokens; a shared MLP and a linear
+    classifier per question give the logits. The dense head reads every image token (positions 1..n_img,
+    the patch grid) and predicts its patch's color, shape and whether it shows the referred sprite."""
+
+    def __init__(
+        self,
+        hidden: int,
+        spaces: dict[str, tuple[str, ...]],
+        image_tokens: int = 0,
+        attention_heads: int = 4,
+        mlp_ratio: float = 2.0,
+    ):
+        super().__init__()
+        self.names = tuple(spaces)
+        self.image_tokens = int(image_tokens)
+        self.norm = nn.LayerNorm(hidden)
+        self.queries = nn.Parameter(torch.randn(len(self.names), hidden) * 0.02)
+        self.attention = nn.MultiheadAttention(hidden, attention_heads, batch_first=True)
+        self.mlp_norm = nn.LayerNorm(hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, int(hidden * mlp_ratio)), nn.GELU(), nn.Linear(int(hidden * mlp_ratio), hidden))
+        self.out_norm = nn.LayerNorm(hidden)
+        self.classifiers = nn.ModuleList(nn.Linear(hidden, len(spaces[n])) for n in self.names)
+        self.dense = None
+        if self.image_tokens:
+            self.dense_norm = nn.LayerNorm(hidden)
+            self.dense = nn.Linear(hidden, PATCH_OUTPUTS)
+
+    def forward(
+        self, tokens: torch.Tensor, mask: torch.Tensor, read_mask: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """read_mask: the tokens the questions may read (default: every real token)."""
+        b = tokens.shape[0]
+        x = self.norm(tokens)
+        # 1. One query per question attends over the tokens it may read.
+        q = self.queries[None].expand(b, -1, -1).to(x.dtype)
+        read = mask if read_mask is None else read_mask
+        pooled, _ = self.attention(q, x, x, key_padding_mask=~read, need_weights=False)
+        pooled = pooled + q
+        pooled = self.out_norm(pooled + self.mlp(self.mlp_norm(pooled)))
+        logits = [head(pooled[:, i]) for i, head in enumerate(self.classifiers)]
+        # 2. Dense: every image token's output -> its patch's color, shape and "is the referred sprite".
+        dense = None
+        if self.dense is not None:
+            img = tokens[:, 1 : 1 + self.image_tokens]  # after [CLS]
+            dense = self.dense(self.dense_norm(img))  # [B, n_img, PATCH_OUTPUTS]
+        return logits, dense
+
+
+class GroundingModel(nn.Module):
+    """Instructor + heads: the module trained (and wrapped for DDP). With `read_instruction_only`, the
+    questions read only the [CLS] + instruction + [SEP] tokens, so what they ask (which sprite, its color,
+    where it is, what the reference shows) must flow from the image into the instruction tokens."""
+
+    def __init__(self, instructor: MiniVLMInstructor, heads: GroundingHeads, read_instruction_only: bool = True):
+        super().__init__()
+        self.instructor = instructor
+        self.heads = heads
+        self.read_instruction_only = read_instruction_only
+
+    def forward(self, instructions, frames, references):
+        out = self.instructor(instructions, frames, references)
+        read = instruction_token_mask(self.instructor, out.mask, references) if self.read_instruction_only else None
+        logits, dense = self.heads(out.tokens, out.mask, read)
+        return logits, dense
+
+
+def grounding_loss(
+    logits: list[torch.Tensor],
+    dense: torch.Tensor | None,
+    labels: torch.Tensor,
+    patches: torch.Tensor | None,
+    names: tuple[str, ...],
+    dense_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean over heads of cross-entropy (ignored labels skipped) + dense_weight * the per-patch loss
+    (color CE + shape CE + referred BCE, `patch_labels`); stats hold the loss parts and every head's
+    accuracy on the batch (NaN when no label of the batch applies)."""
+    total = logits[0].new_zeros((), dtype=torch.float32)
+    stats: dict[str, float] = {}
+    for i, (name, logit) in enumerate(zip(names, logits)):
+        target = labels[:, i]
+        valid = target != IGNORE
+        count = int(valid.sum())
+        if count == 0:
+            stats[f"acc/{name}"] = float("nan")
+            continue
+        ce = F.cross_entropy(logit.float(), target, ignore_index=IGNORE, reduction="sum") / count
+        total = total + ce
+        with torch.no_grad():
+            stats[f"acc/{name}"] = float((logit.argmax(-1)[valid] == target[valid]).float().mean())
+    ce_mean = total / len(names)
+    loss = ce_mean
+    stats["ce"] = float(ce_mean.detach())
+    if dense is not None and patches is not None and dense_weight > 0:
+        dense_loss, dense_stats = patch_loss(dense, patches)
+        loss = loss + dense_weight * dense_loss
+        stats.update(dense_stats)
+    stats["loss"] = float(loss.detach())
+    return loss, stats
+
+
+def patch_loss(dense: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """dense [B,N,PATCH_OUTPUTS] logits vs patches [B,N,3] (color, shape, referred): CE + CE + BCE."""
+    dense = dense.float()
+    nc, ns = len(COLOR_NAMES) + 1, len(SHAPES) + 1
+    color, shape, referred = dense[..., :nc], dense[..., nc : nc + ns], dense[..., nc + ns]
+    loss_color = F.cross_entropy(color.flatten(0, 1), patches[..., 0].flatten())
+    loss_shape = F.cross_entropy(shape.flatten(0, 1), patches[..., 1].flatten())
+    valid = patches[..., 2] != IGNORE
+    loss = loss_color + loss_shape
+    stats = {"patch_color_ce": float(loss_color.detach()), "patch_shape_ce": float(loss_shape.detach())}
+    with torch.no_grad():
+        sprite = patches[..., 0] != len(COLOR_NAMES)  # patches that show a sprite
+        if sprite.any():
+            stats["acc/patch_color"] = float((color.argmax(-1) == patches[..., 0])[sprite].float().mean())
+            stats["acc/patch_shape"] = float((shape.argmax(-1) == patches[..., 1])[sprite].float().mean())
+    if valid.any():
+        target = patches[..., 2][valid].float()
+        loss_ref = F.binary_cross_entropy_with_logits(referred[valid], target, pos_weight=referred.new_tensor(8.0))
+        loss = loss + loss_ref
+        stats["patch_referred_bce"] = float(loss_ref.detach())
+        with torch.no_grad():
+            positive = target > 0.5
+            if positive.any():
+                stats["acc/patch_referred"] = float(((referred[valid] > 0) == positive)[positive].float().mean())
+    return loss, stats
+
+
+class _InstructorState:
+    """Checkpoint view of an instructor: its own (trainable) weights, never the frozen MiniLM."""
+
+    def __init__(self, instructor: MiniVLMInstructor):
+        self.instructor = instructor
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.instructor.own_state_dict()
+
+    def load_state_dict(self, state: dict[str, torch.Tensor], strict: bool = True):
+        own = self.instructor.own_state_dict()
+        if strict and set(own) != set(state):
+            missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+            raise RuntimeError(f"instructor checkpoint mismatch: missing {missing[:3]}, unexpected {unexpected[:3]}")
+        return self.instructor.load_state_dict(state, strict=False)
+
+
+def build_instructor(config: MiniVLMInstructorConfig) -> MiniVLMInstructor:
+    """A fresh instructor whose MiniLM is float32 whatever the stored weights' precision."""
+    instructor = MiniVLMInstructor(config)
+    instructor.language_model.float()
+    instructor.set_language_model_trainable(config.train_language_model)
+    return instructor
+
+
+def batch_inputs(batch: dict, device: torch.device) -> tuple[list[str], torch.Tensor, list[torch.Tensor | None]]:
+    """(instructions, first frames [B,3,H,W] in [-1,1], references [3,h,w] or None) on `device`."""
+    frames = to_unit(batch["frame"].to(device, non_blocking=True))
+    refs = [None if r is None else to_unit(r.to(device, non_blocking=True)) for r in batch["reference"]]
+    return batch["instruction"], frames, refs
+
+
+# The run ---------------------------------------------------------------------------------------------------
+
+
+class InstructorTrainingRun(TrainingRun):
+    component = "instructor"
+    unit = "samples"
+
+    def accelerator_kwargs(self) -> list:
+        from accelerate import DistributedDataParallelKwargs
+
+        return [DistributedDataParallelKwargs(find_unused_parameters=True)]  # batches without a reference
+
+    def build(self):
+        cfg = self.config
+        self.instructor = build_instructor(cfg.model)
+        self.spaces = grounding_label_spaces(cfg.max_clauses)
+        self.heads = GroundingHeads(
+            self.instructor.hidden_size,
+            self.spaces,
+            image_tokens=cfg.model.image_tokens if cfg.heads.dense_weight > 0 else 0,
+            attention_heads=cfg.heads.attention_heads,
+            mlp_ratio=cfg.heads.mlp_ratio,
+        )
+        self.model = GroundingModel(self.instructor, self.heads, cfg.heads.read_instruction_only).to(self.device)
+        self.source = PairSource(cfg.data)
+        return {"instructor": self.instructor, "heads": self.heads}
+
+    def checkpoint_modules(self) -> dict:
+        return {"instructor": _InstructorState(self.instructor), "heads": self.heads}
+
+    def param_groups(self) -> list[dict]:
+        lm = [p for p in self.instructor.language_model.parameters() if p.requires_grad]
+        lm_ids = {id(p) for p in lm}
+        rest = [p for m in (self.instructor, self.heads) for p in m.parameters() if p.requires_grad and id(p) not in lm_ids]
+        decay = [p for p in rest if p.ndim >= 2]
+        no_decay = [p for p in rest if p.ndim < 2]
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if lm:
+            groups.append({"params": lm, "lr": self.optim.language_model_lr})
+        return [g for g in groups if g["params"]]
+
+    def _loader(self, source: PairSource, start: int, stop: int, batch_size: int, rank: int = 0, world: int = 1):
+        workers = auto_workers(self.train.num_workers)
+        return DataLoader(
+            GroundingExamples(source, self.config.max_clauses, self.config.patch_grid),
+            batch_sampler=StepBatchSampler(batch_size, start, stop, rank, world),
+            num_workers=workers,
+            collate_fn=collate_grounding,
+            pin_memory=self.device.type == "cuda",
+            prefetch_factor=4 if workers else None,
+            worker_init_fn=ignore_stop_signals,
+        )
+
+    def make_loader(self, start: int, stop: int):
+        return self._loader(self.source, start, stop, self.train.batch_size, self.rank, self.world)
+
+    def compute_loss(self, batch):
+        instructions, frames, refs = batch_inputs(batch, self.device)
+        logits, dense = self.model(instructions, frames, refs)
+        return grounding_loss(
+            logits,
+            dense,
+            batch["labels"].to(self.device),
+            batch["patches"].to(self.device),
+            self.heads.names,
+            self.config.heads.dense_weight,
+        )
+
+    def finish(self) -> dict:
+        cfg = self.config
+        self.instructor.eval()
+        # 1. Held-out accuracy of every head.
+        held_out = PairSource(cfg.data, seed=cfg.eval.seed, generate=True)
+        steps = max(1, -(-cfg.eval.num_examples // cfg.eval.batch_size))
+        loader = self._loader(held_out, 0, steps, cfg.eval.batch_size)
+        heads = evaluate_heads(self.model, loader, self.device, self.heads.names, cfg.eval.num_examples)
+        # 2. Export the instructor (frozen in the editor), then probe it.
+        self.instructor.save_pretrained(self.run_dir / "instructor")
+        summary = {
+            "component": "instructor",
+            "steps": self.train.steps,
+            "held_out_seed": cfg.eval.seed,
+            "heads": heads,
+            "num_parameters": self.instructor.num_parameters(),
+            "num_trainable": sum(p.numel() for p in self.instructor.parameters() if p.requires_grad),
+        }
+        if cfg.probe.enabled:
+            from .probe import probe_report
+
+            summary["probe"] = probe_report(
+                self.instructor,
+                data=cfg.data,
+                num_train=cfg.probe.num_train,
+                num_test=cfg.probe.num_test,
+                seed=cfg.probe.seed,
+                batch_size=cfg.probe.batch_size,
+                l2=cfg.probe.l2,
+                max_iter=cfg.probe.max_iter,
+                baseline=cfg.probe.baseline,
+                language_model_path=cfg.model.language_model_path,
+                device=self.device,
+                workers=auto_workers(self.train.num_workers),
+            )
+        write_json(self.run_dir / "eval.json", summary)
+        line = (
+            f"held-out accuracy: target color {heads['accuracy'].get('c0.target_color', float('nan')):.3f}, "
+            f"target cell {heads['accuracy'].get('c0.target_cell', float('nan')):.3f}, "
+            f"category {heads['accuracy'].get('c0.category', float('nan')):.3f}"
+        )
+        if "probe" in summary:
+            p = summary["probe"]
+            line += f"; probe color {p['instructor']['color']:.3f} / cell {p['instructor']['cell']:.3f}"
+            if "text_only" in p:
+                line += f" (text-only {p['text_only']['color']:.3f} / {p['text_only']['cell']:.3f})"
+        self.log(line + f"; wrote {self.run_dir / 'instructor'} and eval.json")
+        return summary
+
+
+@torch.no_grad()
+def evaluate_heads(model: GroundingModel, loader, device: torch.device, names: tuple[str, ...], limit: int) -> dict:
+    """Held-out accuracy of every head (over the examples where its question applies) and of the dense head."""
+    was_training = model.training
+    model.eval()
+    correct = {n: 0 for n in names}
+    counts = {n: 0 for n in names}
+    dense_correct, dense_count, seen = 0, 0, 0
+    for batch in loader:
+        take = min(len(batch["instruction"]), limit - seen)
+        if take <= 0:
+            break
+        batch = {k: v[:take] for k, v in batch.items()}
+        instructions, frames, refs = batch_inputs(batch, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits, dense = model(instructions, frames, refs)
+        labels = batch["labels"].to(device)
+        for i, name in enumerate(names):
+            valid = labels[:, i] != IGNORE
+            counts[name] += int(valid.sum())
+            correct[name] += int((logits[i].argmax(-1)[valid] == labels[valid, i]).sum())
+        if dense is not None:
+            patches = batch["patches"].to(device)
+            sprite = patches[..., 0] != len(COLOR_NAMES)
+            nc = len(COLOR_NAMES) + 1
+            dense_correct += int((dense[..., :nc].argmax(-1) == patches[..., 0])[sprite].sum())
+            dense_count += int(sprite.sum())
+        seen += take
+    model.train(was_training)
+    accuracy = {n: correct[n] / counts[n] for n in names if counts[n]}
+    out = {"accuracy": accuracy, "counts": {n: counts[n] for n in names if counts[n]}, "num_examples": seen}
+    if dense_count:
+        out["patch_color_accuracy"] = dense_correct / dense_count  # over patches that show a sprite
+    return out

@@ -1,0 +1,157 @@
+"""`viva train instructor` and the grounding probe: a tiny pre-training run whose exported instructor loads
+and gives tokens; grounding labels; the probe's examples, poolings and linear probe."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from viva.cli import main
+from viva.data.generate import DataConfig, make_pair
+from viva.models.instructor import MiniVLMInstructor
+from viva.train.probe import (
+    extract_features,
+    fit_linear_probe,
+    grounding_probe,
+    instruction_token_mask,
+    probe_accuracy,
+    probe_data_config,
+    probe_examples,
+)
+from viva.train.world_data import (
+    COLOR_NAMES,
+    IGNORE,
+    REGION_NAMES,
+    grounding_label_spaces,
+    grounding_labels,
+    patch_labels,
+)
+from viva.world.scene import SHAPES
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread (and do not suffer from a busy machine's spinning threads)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+TINY_MODEL = [
+    "model.vision.width=32",
+    "model.vision.depth=1",
+    "model.vision.heads=2",
+    "model.projector_hidden=64",
+]
+TINY = [
+    *TINY_MODEL,
+    "train.steps=3",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "train.log_every=1",
+    "train.tensorboard=false",
+    "eval.num_examples=6",
+    "eval.batch_size=6",
+    "probe.num_train=12",
+    "probe.num_test=6",
+    "probe.batch_size=12",
+    "probe.l2=0.1",
+    "probe.max_iter=20",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_instructor() -> MiniVLMInstructor:
+    torch.manual_seed(0)
+    return MiniVLMInstructor(vision={"width": 32, "depth": 1, "heads": 2}, projector_hidden=64).eval()
+
+
+def test_pretraining_runs_and_exports_an_instructor(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "instructor", "--no-progress", "--out", str(run), *TINY]) == 0
+    assert "held-out accuracy" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows)
+    report = json.loads((run / "eval.json").read_text())
+    assert report["heads"]["num_examples"] == 6 and "c0.category" in report["heads"]["accuracy"]
+    probe = report["probe"]
+    for name in ("instructor", "text_only"):
+        assert 0.0 <= probe[name]["color"] <= 1.0 and 0.0 <= probe[name]["cell"] <= 1.0
+        assert probe[name]["num_test"] == 6 and "all_tokens" in probe[name]
+    # The frozen MiniLM is not saved with the instructor; the exported folder loads and gives tokens.
+    checkpoint = next((run / "checkpoints").glob("step-*"))
+    assert (checkpoint / "trainable.safetensors").stat().st_size < 20_000_000  # MiniLM alone is 90 MB
+    instructor = MiniVLMInstructor.from_pretrained(run / "instructor")
+    assert not instructor.config.train_language_model
+    frames = torch.rand(2, 3, 64, 64) * 2 - 1
+    with torch.no_grad():
+        out = instructor(["remove the star", "make the leftmost one red"], frames, [None, frames[0]])
+    assert out.tokens.shape[0] == 2 and out.tokens.shape[-1] == 384 and torch.isfinite(out.tokens).all()
+    assert out.mask[1].sum() > out.mask[0].sum()  # the second item has 64 reference tokens more
+
+
+def test_grounding_labels_follow_the_program():
+    spaces = grounding_label_spaces(1)
+    config = DataConfig(image_fraction=0.5)
+    for index in range(12):
+        pair = make_pair(3, index, None, config)
+        labels = grounding_labels(pair, 1)
+        assert set(labels) == set(spaces)
+        for name, value in labels.items():
+            assert value == IGNORE or 0 <= value < len(spaces[name]), (name, value)
+        clause = pair.program[0]
+        if clause.target is not None:
+            sprite = pair.source_scene.sprite(clause.target)
+            assert COLOR_NAMES[labels["c0.target_color"]] == sprite.color
+            assert SHAPES[labels["c0.target_shape"]] == sprite.shape
+        else:
+            assert labels["c0.target_color"] == IGNORE
+        assert labels["ref.present"] == int(pair.reference is not None)
+        patches = patch_labels(pair, 8)
+        assert patches.shape == (64, 3)
+        shown = {(COLOR_NAMES[c], SHAPES[s]) for c, s in patches[:, :2] if c < len(COLOR_NAMES)}
+        assert shown <= {(s.color, s.shape) for s in pair.source_scene.sprites}
+        if clause.target is not None and labels["c0.target_size"] != 0:  # not a small sprite: it covers patches
+            assert patches[:, 2].max() == 1
+
+
+def test_probe_examples_never_name_the_color():
+    examples = probe_examples(5, 10, probe_data_config(), workers=0)
+    assert len(examples) == 10
+    for e in examples:
+        assert "color" not in e["kind"].split("+")
+        assert 0 <= e["color"] < len(COLOR_NAMES) and 0 <= e["cell"] < len(REGION_NAMES)
+        assert e["frame"].shape == (64, 64, 3) and e["frame"].dtype == torch.uint8
+    assert [e["instruction"] for e in examples] == [e["instruction"] for e in probe_examples(5, 10, workers=0)]
+
+
+def test_probe_on_a_tiny_instructor(tiny_instructor):
+    examples = probe_examples(11, 18, workers=0)
+    feats = extract_features(tiny_instructor, examples[:4], batch_size=3)
+    assert feats["text"].shape == feats["all"].shape == (4, 384)
+    result = grounding_probe(tiny_instructor, examples[:12], examples[12:], batch_size=6, l2=0.1, max_iter=20)
+    assert result["num_train"] == 12 and result["num_test"] == 6 and result["pooling"] == "text"
+    for key in ("color", "cell", "color_train", "cell_majority"):
+        assert 0.0 <= result[key] <= 1.0
+    assert 0.0 <= result["all_tokens"]["cell"] <= 1.0
+
+
+def test_instruction_token_mask(tiny_instructor):
+    frames = torch.zeros(2, 3, 64, 64)
+    with torch.no_grad():
+        out = tiny_instructor(["remove the star", "add this"], frames, [None, frames[0]])
+    text = instruction_token_mask(tiny_instructor, out.mask, [None, frames[0]])
+    words = [len(tiny_instructor.token_ids(s)) for s in ("remove the star", "add this")]
+    assert text[0].sum() == words[0] + 2 and text[1].sum() == words[1] + 2  # + [CLS] and [SEP]
+    assert text[0, 0] and not text[0, 1:65].any() and not text[1, 1:129].any()
+
+
+def test_linear_probe_recovers_a_linear_label():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(400, 16, generator=g)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    probe = fit_linear_probe(x[:300], y[:300], 4)
+    assert probe_accuracy(probe, x[300:], y[300:]) > 0.9
