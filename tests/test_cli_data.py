@@ -143,7 +143,7 @@ def test_interrupt_leaves_no_dataset(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "viva", "data", "generate", "--out", str(out), "--num", "100000",
          "--shard-size", "2", "--frames", "2", "--size", "32", "--no-progress"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
@@ -151,7 +151,12 @@ def test_interrupt_leaves_no_dataset(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=60)
+        try:
+            _, stderr = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # make a hang diagnosable: faulthandler dumps every thread's stack
+            proc.send_signal(signal.SIGABRT)
+            _, stderr = proc.communicate(timeout=30)
+            pytest.fail(f"no exit 60 s after SIGINT; the child's stacks:\n{stderr}")
     finally:
         if proc.poll() is None:
             proc.kill()
