@@ -165,7 +165,11 @@ def test_save_load_round_trip_trained_minilm(text_only, tmp_path):
     model = TextOnlyInstructor(train_language_model=True)
     with torch.no_grad():
         model.language_model.encoder.layer[0].output.dense.weight.add_(0.05 * torch.randn(384, 1536))  # "trained"
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("language_model.encoder.") for n in trainable)  # embeddings stay frozen
     model.save_pretrained(tmp_path / "text")
+    with safe_open(tmp_path / "text" / "model.safetensors", "pt") as f:
+        assert set(f.keys()) == {f"language_model.{n}" for n, _ in model.language_model.encoder.named_parameters(prefix="encoder")}
     loaded = TextOnlyInstructor.from_pretrained(tmp_path / "text")
     assert loaded.config.train_language_model
     model.eval()

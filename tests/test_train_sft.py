@@ -179,6 +179,13 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(config_file, tmp_path):
     assert _train(config_file, straight) == 0
     assert _train(config_file, resumed, stop_at=3) == 0
     assert not (resumed / "model").exists()
+    # --export writes the partial model of the newest checkpoint without training or checkpointing further.
+    assert _train(config_file, resumed, "--export", stop_at=3) == 0
+    assert json.loads((resumed / "summary.json").read_text())["steps"] == 3
+    ema = load_file(str(resumed / "checkpoints" / "step-00000003" / "ema.safetensors"))
+    partial = _weights(resumed / "model")
+    assert all(torch.equal(ema[k], partial[k]) for k in ema)
+    assert sorted(p.name for p in (resumed / "checkpoints").glob("step-*")) == ["step-00000003"]
     assert _train(config_file, resumed) == 0
     a, b = _metrics(straight), _metrics(resumed)
     assert [r["step"] for r in b] == list(range(1, 7))
@@ -294,6 +301,7 @@ def test_trains_from_vae_and_instructor_folders(config_file, tmp_path, monkeypat
         ("model.instructor_kind=clip", "model.instructor_kind must be vlm or text"),
         ("data.categories=[hybrid]", "SFT trains on primitive edits"),
         ("data.height=36", "do not patchify"),
+        ("--export", "--export needs --stop-at STEP"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(config_file, tmp_path, capsys, override, message):

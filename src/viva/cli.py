@@ -421,6 +421,8 @@ def add_run_arguments(parser, what: str, default_out: str) -> None:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), help="overrides train.device (auto: CUDA when available)")
     parser.add_argument("--stop-at", type=_whole_number, metavar="STEP",
                         help="stop after STEP steps with a checkpoint (run again to resume)")
+    parser.add_argument("--export", action="store_true",
+                        help="with --stop-at: also evaluate and export the model of that step (a partial model)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.steps=100 optim.lr=1e-3")
 
@@ -432,7 +434,9 @@ def _run_trainer(args, config_class, run_class) -> int:
     config = load_config(config_class, args.config, overrides)
     if args.stop_at is not None and args.stop_at < 1:
         raise VivaUserError(f"--stop-at must be at least 1, got {args.stop_at}")
-    return run_class(config, args.out, stop_at=args.stop_at, progress=not args.no_progress).run()
+    if args.export and args.stop_at is None:
+        raise VivaUserError("--export needs --stop-at STEP (the step whose weights to export)")
+    return run_class(config, args.out, stop_at=args.stop_at, progress=not args.no_progress, export=args.export).run()
 
 
 def add_train_vae(sub) -> None:

@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 MINILM_HIDDEN = 384
+TRAINED_LM_PREFIX = "language_model.encoder."  # the part of MiniLM that `train_language_model` trains and saves
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -192,9 +193,13 @@ class _MiniLMInstructor(Instructor):
 
     # -- training switches --------------------------------------------------------------------------
     def set_language_model_trainable(self, trainable: bool) -> None:
-        """Make MiniLM trainable (it is then saved with the instructor) or frozen (eval mode, no grads)."""
+        """Make MiniLM's transformer layers trainable (they are then saved with the instructor) or freeze
+        MiniLM (eval mode, no grads). The word/position embeddings always stay pretrained and frozen: their
+        30k-row gradient would triple the cost of a training step, and they never need saving."""
         self.config.train_language_model = bool(trainable)
-        self.language_model.requires_grad_(bool(trainable))
+        self.language_model.requires_grad_(False)
+        if trainable:
+            self.language_model.encoder.requires_grad_(True)
         self.language_model.train(self.training and bool(trainable))
 
     def train(self, mode: bool = True):
@@ -250,13 +255,13 @@ class _MiniLMInstructor(Instructor):
 
     # -- save / load --------------------------------------------------------------------------------
     def own_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights this instructor saves: everything but MiniLM, plus MiniLM only if it was trained
-        (a frozen MiniLM always comes from the package / `language_model_path`)."""
+        """The weights this instructor saves: everything but MiniLM, plus MiniLM's transformer layers if
+        they were trained (the rest of MiniLM always comes from the package / `language_model_path`)."""
         with_lm = self.config.train_language_model
         return {
             k: v.detach().to("cpu").contiguous()
             for k, v in self.state_dict().items()
-            if with_lm or not k.startswith("language_model.")
+            if not k.startswith("language_model.") or (with_lm and k.startswith(TRAINED_LM_PREFIX))
         }
 
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:

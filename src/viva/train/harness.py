@@ -20,7 +20,8 @@ A trainer subclasses `TrainingRun` and fills in four hooks:
 3. Every `log_every` steps the means of the window's stats go to RUN/metrics.jsonl and TensorBoard (RUN/tb);
    every `checkpoint_every` steps a checkpoint is written atomically (RUN/checkpoints/step-N).
 4. SIGTERM / SIGINT: the step in flight finishes, a checkpoint is written, and the run exits 143 / 130.
-   `--stop-at N` stops (with a checkpoint, exit 0) after step N, as a time-sliced job would.
+   `--stop-at N` stops (with a checkpoint, exit 0) after step N, as a time-sliced job would; with
+   `--export` it then also runs step 5 on the weights of step N (a partial model; the run still resumes).
 5. After the last step: the final checkpoint, then `finish()` (evaluation, RUN/<component>/ and
    RUN/eval.json).
 """
@@ -190,8 +191,12 @@ class TrainingRun:
     component = "model"
     unit = "samples"  # what `samples_per_batch` counts, for the throughput log
 
-    def __init__(self, config, run_dir: str | os.PathLike, stop_at: int | None = None, progress: bool = True):
+    def __init__(
+        self, config, run_dir: str | os.PathLike, stop_at: int | None = None, progress: bool = True, export: bool = False
+    ):
         self.config = config
+        self.export = export  # export RUN/<component> even when stopped before train.steps (a partial model)
+        self.steps_done = 0
         self.train: RunConfig = config.train
         self.optim: OptimConfig = config.optim
         self.run_dir = Path(run_dir)
@@ -376,9 +381,12 @@ class TrainingRun:
         if exit_code:
             self.log(f"stopped by signal at step {step}; checkpoint saved in {self.run_dir}; run the same command to resume")
             return exit_code
-        if step < self.train.steps:
+        self.steps_done = step
+        if step < self.train.steps and not self.export:
             self.log(f"stopped at step {step} of {self.train.steps} (--stop-at); run the same command to resume")
             return 0
+        if step < self.train.steps:
+            self.log(f"exporting the partial model of step {step} of {self.train.steps}; run again without --export to resume")
 
         # 3. Evaluation and export.
         if self.is_main:

@@ -418,7 +418,7 @@ class InstructorTrainingRun(TrainingRun):
         self.instructor.save_pretrained(self.run_dir / "instructor")
         summary = {
             "component": "instructor",
-            "steps": self.train.steps,
+            "steps": self.steps_done,
             "held_out_seed": cfg.eval.seed,
             "heads": heads,
             "num_parameters": self.instructor.num_parameters(),

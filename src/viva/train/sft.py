@@ -267,8 +267,8 @@ class SFTTrainingRun(TrainingRun):
     component = "editor"
     unit = "samples"
 
-    def __init__(self, config: SFTConfig, run_dir, stop_at: int | None = None, progress: bool = True):
-        super().__init__(config, run_dir, stop_at=stop_at, progress=progress)
+    def __init__(self, config: SFTConfig, run_dir, stop_at: int | None = None, progress: bool = True, export: bool = False):
+        super().__init__(config, run_dir, stop_at=stop_at, progress=progress, export=export)
         self.config: SFTConfig = config
         if config.model.language_model_path:
             # Read by viva.models.instructor.minilm_path when a folder's config names no path: the exported
@@ -475,7 +475,7 @@ class SFTTrainingRun(TrainingRun):
         folder = save_editor(self.editor, self.run_dir / "model")
         summary = {
             "component": "editor",
-            "steps": self.train.steps,
+            "steps": self.steps_done,
             "model": str(folder),
             "instructor": type(self.editor.instructor).__name__,
             "ema_decay": self.train.ema_decay,

@@ -126,7 +126,7 @@ class VAETrainingRun(TrainingRun):
         self.vae.save_pretrained(self.run_dir / "vae")
         summary = {
             "component": "vae",
-            "steps": self.train.steps,
+            "steps": self.steps_done,
             "held_out_seed": cfg.eval.seed,
             "shift_factor": shift,
             "scaling_factor": scale,
