@@ -30,6 +30,9 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_verifier.py
+	$(BIN)/python benchmarks/bench_dit.py
+	$(BIN)/python benchmarks/bench_edit.py
+	$(BIN)/python benchmarks/bench_sft.py
 
 clean:
 	rm -rf $(VENV) outputs
