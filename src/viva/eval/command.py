@@ -1,0 +1,76 @@
+"""`viva eval`: score a model, a baseline or another system's outputs on the world bench (see cli.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from viva.errors import VivaUserError
+
+
+def _editor(args):
+    """The editor the arguments ask for (loading the model last, after every cheap check)."""
+    from .editors import OutputsEditor, PipelineEditor, as_editor
+
+    model_only = [f"--{n.replace('_', '-')}" for n in ("steps", "guidance", "video_guidance")
+                  if getattr(args, n) is not None]
+    if model_only and (args.baseline or args.outputs):
+        raise VivaUserError(f"{', '.join(model_only)} only apply to a model; drop them with --baseline / --outputs")
+    if args.baseline:
+        return as_editor(args.baseline)
+    if args.outputs:
+        return OutputsEditor(args.outputs)
+
+    from viva.pipeline import VivaPipeline, check_model_folder, default_model_path
+
+    model = args.model if args.model is not None else default_model_path()
+    if model is None:
+        raise VivaUserError(
+            "no --model given and no bundled model; pass --model DIR, --baseline identity|ground_truth or --outputs DIR"
+        )
+    check_model_folder(model)
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise VivaUserError(f"unknown --device {args.device!r}; use e.g. cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VivaUserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    pipe = VivaPipeline.from_pretrained(model, device=device, precision=args.precision)
+    return PipelineEditor(pipe, model, args.steps, args.guidance, args.video_guidance)
+
+
+def run_eval_command(args) -> int:
+    from .bench import export_bench, load_bench
+    from .report import markdown_table
+    from .runner import REPORT_NAME, RESULTS_NAME, TABLE_NAME, evaluate
+
+    # 1. Checks that need nothing loaded.
+    for name, low in (("cases", 1), ("seed", 0), ("batch_size", 1), ("threads", 1)):
+        value = getattr(args, name)
+        if value is not None and value < low:
+            raise VivaUserError(f"--{name.replace('_', '-')} must be at least {low}, got {value}")
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise VivaUserError(f"--steps must be from 1 to 1000, got {args.steps}")
+    if args.with_targets and not args.export_bench:
+        raise VivaUserError("--with-targets goes with --export-bench DIR")
+    bench = load_bench(args.bench, args.cases, args.categories)
+
+    # 2. Export the bench's inputs for another system.
+    if args.export_bench:
+        folder = export_bench(bench, args.export_bench, targets=args.with_targets, overwrite=args.overwrite,
+                              progress=not args.no_progress)
+        extra = "; ground-truth targets in targets/ (a valid --outputs folder)" if args.with_targets else ""
+        print(f"wrote {len(bench)} cases of bench {bench.name} v{bench.version} to {folder} (manifest.jsonl){extra}")
+        return 0
+
+    # 3. Evaluate.
+    editor = _editor(args)
+    out = Path(args.out) if args.out else Path("eval") / editor.name
+    results = evaluate(editor, bench, out, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
+                       previews=not args.no_previews, overwrite=args.overwrite)
+    print(markdown_table(results), end="")
+    print(f"wrote {out / RESULTS_NAME}, {out / TABLE_NAME} and {out / REPORT_NAME}")
+    return 0
