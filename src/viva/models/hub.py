@@ -92,6 +92,12 @@ class PretrainedMixin:
     def num_parameters(self, trainable_only: bool = False) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
+    def own_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights `save_pretrained` writes and `from_pretrained` requires (CPU, contiguous): the whole
+        state dict here; a model whose parts come from elsewhere (e.g. a pretrained text encoder loaded
+        from its package) leaves those out."""
+        return {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+
     def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
         """Write config.json + model.safetensors into `save_directory` (created, or updated in place)."""
         target = Path(save_directory)
@@ -108,8 +114,7 @@ class PretrainedMixin:
             config = self.config.to_dict()
             config = {"_class_name": type(self).__name__, "_viva_version": viva.__version__, **config}
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            save_file(self.own_state_dict(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             if not target.exists():
                 os.replace(tmp, target)
             else:
@@ -127,7 +132,8 @@ class PretrainedMixin:
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> M:
-        """Build the model from `directory`'s config.json, load model.safetensors (strict) and return it in
+        """Build the model from `directory`'s config.json, load model.safetensors (strict over
+        `own_state_dict`) and return it in
         eval mode, optionally moved to `device` / cast to `dtype`."""
         folder = Path(directory)
         hint = "pass a folder written by save_pretrained (config.json + model.safetensors)"
@@ -152,7 +158,7 @@ class PretrainedMixin:
             raise VivaUserError(
                 f"{folder / WEIGHTS_NAME} is not a readable safetensors file ({e}); re-save the model"
             ) from None
-        own = model.state_dict()
+        own = model.own_state_dict()
         missing = sorted(set(own) - set(state))
         unexpected = sorted(set(state) - set(own))
         wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
@@ -164,7 +170,8 @@ class PretrainedMixin:
             raise VivaUserError(
                 f"{folder / WEIGHTS_NAME} does not match its config.json ({'; '.join(parts)}); re-save the model"
             )
-        model.load_state_dict(state, strict=True)
+        result = model.load_state_dict(state, strict=False)  # strict over own_state_dict, checked above
+        assert not result.unexpected_keys
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         return model.eval()

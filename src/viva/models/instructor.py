@@ -27,24 +27,18 @@ user-facing validation of instructions happens at the CLI / pipeline.
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
-import shutil
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-import viva
 from viva.errors import VivaUserError
 
-from .hub import CONFIG_NAME, WEIGHTS_NAME, ComponentConfig
+from .hub import ComponentConfig, PretrainedMixin
 from .interfaces import Instructor, InstructorOutput
 from .vision import MiniViT, VisionConfig
 
@@ -155,7 +149,7 @@ class MiniVLMInstructorConfig(TextOnlyInstructorConfig):
 # ---------------------------------------------------------------------------------------------------------
 
 
-class _MiniLMInstructor(Instructor):
+class _MiniLMInstructor(PretrainedMixin, Instructor):
     """MiniLM loading, the tokenizer cache, freezing and (de)serialisation shared by both instructors."""
 
     config_class: type = TextOnlyInstructorConfig
@@ -214,9 +208,6 @@ class _MiniLMInstructor(Instructor):
         self.eval()
         return self
 
-    def num_parameters(self, trainable_only: bool = False) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
-
     @property
     def device(self) -> torch.device:
         return self.language_model.embeddings.word_embeddings.weight.device
@@ -263,68 +254,6 @@ class _MiniLMInstructor(Instructor):
             for k, v in self.state_dict().items()
             if not k.startswith("language_model.") or (with_lm and k.startswith(TRAINED_LM_PREFIX))
         }
-
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """config.json + model.safetensors (`own_state_dict`), written atomically like `PretrainedMixin`'s."""
-        target = Path(save_directory)
-        if target.exists() and not target.is_dir():
-            raise VivaUserError(f"cannot save model to {target}: it is a file; give a folder path")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.tmp"
-        tmp.mkdir()
-        try:
-            config = {"_class_name": type(self).__name__, "_viva_version": viva.__version__, **self.config.to_dict()}
-            (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            save_file(self.own_state_dict(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-            if not target.exists():
-                os.replace(tmp, target)
-            else:  # weights before config: a reader never sees a new config next to old weights
-                for name in (WEIGHTS_NAME, CONFIG_NAME):
-                    os.replace(tmp / name, target / name)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
-
-    @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        """Build from config.json (MiniLM from the package or `language_model_path`, offline), then load
-        model.safetensors (strict over `own_state_dict`). Returns the model in eval mode."""
-        folder = Path(directory)
-        hint = "pass a folder written by save_pretrained (config.json + model.safetensors)"
-        if not folder.is_dir():
-            raise VivaUserError(f"{cls.__name__} folder {folder} does not exist; {hint}")
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (folder / name).is_file():
-                raise VivaUserError(f"{cls.__name__} folder {folder} has no {name}; {hint}")
-        try:
-            data = json.loads((folder / CONFIG_NAME).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise VivaUserError(f"{folder / CONFIG_NAME} is not valid JSON ({e}); re-save the model") from None
-        stored = data.get("_class_name")
-        if stored is not None and stored != cls.__name__:
-            raise VivaUserError(f"{folder} holds a {stored}, not a {cls.__name__}; load it with {stored}.from_pretrained")
-        model = cls(cls.config_class.from_dict(data))
-        try:
-            state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
-        except (SafetensorError, OSError) as e:
-            raise VivaUserError(f"{folder / WEIGHTS_NAME} is not a readable safetensors file ({e}); re-save the model") from None
-        own = model.own_state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
-            parts = [
-                f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-                if keys
-            ]
-            raise VivaUserError(f"{folder / WEIGHTS_NAME} does not match its config.json ({'; '.join(parts)}); re-save the model")
-        result = model.load_state_dict(state, strict=False)
-        assert not result.unexpected_keys
-        if device is not None or dtype is not None:
-            model.to(device=device, dtype=dtype)
-        return model.eval()
-
 
 # ---------------------------------------------------------------------------------------------------------
 # The two instructors
