@@ -4,7 +4,9 @@
     viva data info DIR
     viva data show DIR --index I -o preview.png
     viva train vae | instructor | probe | sft [--config YAML] [--out RUN] [KEY=VALUE ...]
+    viva train grpo --init MODEL_DIR --prompts SPEC [--config YAML] [--out RUN] [KEY=VALUE ...]
     viva edit INPUT -i "instruction" -o OUT.mp4 [--ref IMG] [--preview PNG] [--model DIR] [--steps N] ...
+    viva eval (--model DIR | --baseline identity|ground_truth | --outputs DIR | --export-bench DIR) [--cases N] ...
 
 `build_parser()` assembles one small `add_*_commands(subparsers)` function per command group; each command
 sets `func`, a handler `(args) -> int` that imports what it needs lazily (so `viva --help` stays fast).
@@ -505,7 +507,28 @@ def cmd_train_sft(args) -> int:
     return _run_trainer(args, SFTConfig, SFTTrainingRun)
 
 
-TRAIN_COMMANDS = [add_train_vae, add_train_instructor, add_train_probe, add_train_sft]
+def add_train_grpo(sub) -> None:
+    grpo = sub.add_parser("grpo", help="Edit-GRPO: reward-optimized LoRA post-training of the editor",
+                          description="Sample groups of edits per prompt with the Flow-SDE, score them with the world "
+                          "rewards (verifier, preservation, quality) and train a LoRA on the DiT with PPO-clip + KL to "
+                          "the LoRA-free model; held-out evaluation every eval.every steps; RUN/model/ holds the model "
+                          "with the LoRA merged (see configs/grpo_mini.yaml).")
+    grpo.add_argument("--init", metavar="MODEL_DIR", help="model folder to start from (e.g. runs/sft/model; "
+                      "overrides model.init)")
+    grpo.add_argument("--prompts", metavar="SPEC", help="world[:key=value,...] (e.g. world:categories=add,color,"
+                      "hybrid_fraction=0.3,split=heldout) or a dataset folder (overrides prompts.*)")
+    add_run_arguments(grpo, "Edit-GRPO", "runs/grpo")
+    grpo.set_defaults(func=cmd_train_grpo)
+
+
+def cmd_train_grpo(args) -> int:
+    from .train.grpo import GRPOConfig, GRPOTrainingRun, grpo_overrides
+
+    args.overrides = grpo_overrides(args.init, args.prompts) + list(args.overrides)
+    return _run_trainer(args, GRPOConfig, GRPOTrainingRun)
+
+
+TRAIN_COMMANDS = [add_train_vae, add_train_instructor, add_train_probe, add_train_sft, add_train_grpo]
 
 
 def add_train_commands(commands) -> None:
@@ -514,6 +537,51 @@ def add_train_commands(commands) -> None:
     sub = train.add_subparsers(dest="train_command", metavar="TRAINER", required=True)
     for add in TRAIN_COMMANDS:
         add(sub)
+
+
+# viva eval ------------------------------------------------------------------------------------------
+
+
+def add_eval_command(commands) -> None:
+    """`viva eval (--model DIR | --baseline NAME | --outputs DIR | --export-bench DIR) [--cases N] ...`."""
+    ev = commands.add_parser(
+        "eval",
+        help="score a model, a baseline or another system's outputs on the world bench",
+        description="Edit every case of the world bench (or read another system's results), score it (verifier "
+        "pass rate, preservation, fidelity, temporal stability, quality; see docs/metrics.md) and write "
+        "OUT/results.json, results.md and report.html. An interrupted run resumes from OUT/cases.jsonl.",
+    )
+    what = ev.add_mutually_exclusive_group()
+    what.add_argument("--model", metavar="DIR", help="model folder (default: the bundled model)")
+    what.add_argument("--baseline", choices=("identity", "ground_truth"), help="score a baseline editor")
+    what.add_argument("--outputs", metavar="DIR", help="score results another system wrote: DIR/<case id>.mp4 "
+                      "(or an image, or a folder of frames) per case")
+    what.add_argument("--export-bench", metavar="DIR", help="write the bench inputs (sources, references, "
+                      "manifest.jsonl) for another system, and stop")
+    ev.add_argument("--with-targets", action="store_true", help="with --export-bench: also the ground-truth targets")
+    ev.add_argument("--bench", choices=("world",), default="world", help="which bench (default world)")
+    ev.add_argument("--cases", type=_whole_number, default=50, metavar="N", help="cases per category (default 50)")
+    ev.add_argument("--categories", metavar="LIST", help="comma-separated bench categories (default: all)")
+    ev.add_argument("--steps", type=_whole_number, metavar="N", help="denoising steps (model default: 20)")
+    ev.add_argument("--guidance", type=_scale, metavar="G", help="instruction guidance scale (model default)")
+    ev.add_argument("--video-guidance", type=_scale, metavar="G", help="source-video guidance scale (model default)")
+    ev.add_argument("--seed", type=_whole_number, default=0, metavar="S", help="run seed; each case's noise seed "
+                    "derives from it and the case id (default 0)")
+    ev.add_argument("--batch-size", type=_whole_number, default=8, metavar="B", help="cases edited at once (default 8)")
+    ev.add_argument("--out", metavar="DIR", help="results folder (default eval/<editor name>)")
+    ev.add_argument("--overwrite", action="store_true", help="start again in a folder that holds other results")
+    ev.add_argument("--precision", choices=("float32", "bfloat16"), default="float32", help="model compute precision")
+    ev.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default cpu)")
+    ev.add_argument("--threads", type=_whole_number, metavar="N", help="CPU threads for torch")
+    ev.add_argument("--no-previews", action="store_true", help="skip the per-case preview PNGs")
+    ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    ev.set_defaults(func=cmd_eval)
+
+
+def cmd_eval(args) -> int:
+    from .eval.command import run_eval_command
+
+    return run_eval_command(args)
 
 
 # The parser -----------------------------------------------------------------------------------------
@@ -529,6 +597,7 @@ def build_parser() -> ArgumentParser:
     add_data_commands(commands)
     add_train_commands(commands)
     add_edit_command(commands)
+    add_eval_command(commands)
     return parser
 
 

@@ -158,10 +158,19 @@ class VivaEditor(nn.Module):
         timestep: torch.Tensor,
         keep_text: torch.Tensor | None = None,
         keep_video: torch.Tensor | None = None,
+        group_size: int = 1,
     ) -> torch.Tensor:
         """Velocity for noisy latents [B,C,T,h,w] at timestep [B]; keep_text / keep_video [B] bool drop
-        the instruction (all tokens masked) or the source video (zero latents) per sample."""
+        the instruction (all tokens masked) or the source video (zero latents) per sample.
+
+        group_size G > 1 (Edit-GRPO's groups): `cond` holds P = B / G prompts and `noisy` their samples,
+        prompt-major (a prompt's G samples consecutive, as `Condition.repeat` lays them out). The refiner
+        then runs once per prompt and its tokens and the source latents are shared by the prompt's samples;
+        keep_text / keep_video are per prompt [P], and a prompt's samples must share their timestep."""
         B = noisy.shape[0]
+        P = cond.tokens.shape[0]
+        if group_size < 1 or P * group_size != B:
+            raise ValueError(f"{B} samples are not {P} prompts x group_size {group_size}")
         timestep = timestep.to(noisy.device).expand(B)
         token_mask = cond.token_mask
         if keep_text is not None:
@@ -169,7 +178,11 @@ class VivaEditor(nn.Module):
         source = cond.source
         if keep_video is not None:
             source = source * keep_video.to(source.device, source.dtype).view(-1, 1, 1, 1, 1)
-        tokens = self.refiner(cond.tokens, token_mask, timestep)
+        tokens = self.refiner(cond.tokens, token_mask, timestep[::group_size])
+        if group_size > 1:
+            tokens = tokens.repeat_interleave(group_size, 0)
+            token_mask = token_mask.repeat_interleave(group_size, 0)
+            source = source.repeat_interleave(group_size, 0)
         if cond.has_reference:  # a zero "noisy" frame in the reference slot; its output is dropped
             pad = torch.zeros_like(noisy[:, :, :1])
             v = self.denoiser(torch.cat([noisy, pad], dim=2), source, tokens, token_mask, timestep)
@@ -204,14 +217,15 @@ class VivaEditor(nn.Module):
 
     # 4. Sampling -----------------------------------------------------------------------------------
     def guided_velocity_fn(
-        self, cond: Condition, guidance_scale: float, video_guidance_scale: float
+        self, cond: Condition, guidance_scale: float, video_guidance_scale: float, group_size: int = 1
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """v(x, sigma) with two-scale classifier-free guidance (instruction, source video) batched into
-        one denoiser call: [full | no text | neither]. Skips passes the scales make unnecessary."""
+        one denoiser call: [full | no text | neither]. Skips passes the scales make unnecessary.
+        group_size G: x holds G samples per prompt of `cond` (see `velocity`)."""
         use_uncond = video_guidance_scale != 1.0
         use_no_text = guidance_scale != video_guidance_scale or not use_uncond
         if guidance_scale == 1.0 and not use_uncond:
-            return lambda x, sigma: self.velocity(x, cond, sigma)
+            return lambda x, sigma: self.velocity(x, cond, sigma, group_size=group_size)
         B = cond.tokens.shape[0]
         ones, zeros = torch.ones(B, dtype=torch.bool), torch.zeros(B, dtype=torch.bool)
         keep_text = [ones] + ([zeros] if use_no_text else []) + ([zeros] if use_uncond else [])
@@ -227,7 +241,8 @@ class VivaEditor(nn.Module):
         kt, kv = torch.cat(keep_text), torch.cat(keep_video)
 
         def fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            v = self.velocity(torch.cat([x] * n), big, sigma.expand(B).repeat(n), kt, kv).chunk(n)
+            sigmas = sigma.expand(x.shape[0]).repeat(n)
+            v = self.velocity(torch.cat([x] * n), big, sigmas, kt, kv, group_size=group_size).chunk(n)
             v_full = v[0]
             v_no_text = v[1] if use_no_text else None
             v_uncond = v[-1] if use_uncond else None

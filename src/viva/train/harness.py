@@ -9,6 +9,10 @@ A trainer subclasses `TrainingRun` and fills in four hooks:
     compute_loss(batch)      -> (loss, {name: float}) for one batch (under autocast)
     finish()                 -> {summary}: final evaluation and export (main process only)
 
+A step makes one optimizer update from `compute_loss`; a trainer that makes several from one batch (PPO
+epochs over a rollout: Edit-GRPO) overrides `step_losses(batch)` instead, yielding one (loss, stats) per
+update.
+
 `run()` then does the rest:
 
 1. RUN/config.yaml is written on the first start; a later start with RUN holding checkpoints resumes from
@@ -48,7 +52,7 @@ from .config import save_config, to_dict
 from .runtime import EMA, RunLogger, StopSignal, step_generator
 from .world_data import coerce_numbers
 
-__all__ = ["OptimConfig", "RunConfig", "TrainingRun", "lr_factor", "RUNTIME_KEYS", "write_json"]
+__all__ = ["OptimConfig", "RunConfig", "TrainingRun", "lr_factor", "RUNTIME_KEYS", "weights_digest", "write_json"]
 
 # Config keys that may change between a run's starts without breaking exact resume.
 RUNTIME_KEYS = frozenset(
@@ -137,6 +141,20 @@ def write_json(path: Path, data: Any) -> None:
     atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
 
 
+def weights_digest(modules: dict) -> str:
+    """SHA-256 of modules' float32 parameters and buffers (CPU bytes, sorted keys); any object with a
+    `state_dict()` will do."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        state = modules[name].state_dict()
+        for key in sorted(state):
+            h.update(f"{name}.{key}".encode())
+            h.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in data.items():
@@ -190,6 +208,7 @@ class TrainingRun:
 
     component = "model"
     unit = "samples"  # what `samples_per_batch` counts, for the throughput log
+    runtime_keys = RUNTIME_KEYS  # config keys a resumed run may change
 
     def __init__(
         self, config, run_dir: str | os.PathLike, stop_at: int | None = None, progress: bool = True, export: bool = False
@@ -219,6 +238,11 @@ class TrainingRun:
 
     def compute_loss(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def step_losses(self, batch):
+        """The (loss, stats) of each optimizer update of one step, in order (each is asked for under
+        autocast, then backpropagated and applied before the next). Default: one update, `compute_loss`."""
+        yield self.compute_loss(batch)
 
     def finish(self) -> dict:
         raise NotImplementedError
@@ -250,7 +274,7 @@ class TrainingRun:
         if latest_checkpoint(self.run_dir) is not None and path.is_file():
             stored = yaml.safe_load(path.read_text()) or {}
             a, b = _flatten(stored), _flatten(json.loads(json.dumps(current)))
-            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in RUNTIME_KEYS)
+            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in self.runtime_keys)
             if changed:
                 shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in changed[:4])
                 raise VivaUserError(
@@ -259,6 +283,32 @@ class TrainingRun:
                 )
         if self.is_main:
             save_config(self.config, path)
+
+    # -- weight checks across processes --------------------------------------------------------------
+    def _write_sync(self, step: int, modules: dict, initial: bool = False) -> str:
+        """Append this rank's weights digest at `step` to RUN/sync/rank-R.jsonl; returns the digest."""
+        digest = weights_digest(modules)
+        folder = self.run_dir / "sync"
+        folder.mkdir(parents=True, exist_ok=True)
+        with open(folder / f"rank-{self.rank}.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, "sha256": digest, "initial": initial}) + "\n")
+        return digest
+
+    def _check_sync(self, step: int, modules: dict | None = None) -> None:
+        """Record the trainable weights' digest and stop the run if the ranks disagree (the classic
+        unsynchronised-gradients bug of multi-GPU RL/SFT code). `modules`: default `self.modules`."""
+        digest = self._write_sync(step, self.modules if modules is None else modules)
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        digests = [None] * self.world
+        dist.all_gather_object(digests, digest)
+        if len(set(digests)) != 1:
+            raise RuntimeError(
+                f"trainable weights differ across ranks at step {step} ({', '.join(d[:12] for d in digests)}): "
+                "gradients are not synchronised"
+            )
 
     def _set_lr(self, optimizer, step: int) -> float:
         factor = lr_factor(step, self.train.steps, self.optim)
@@ -342,19 +392,24 @@ class TrainingRun:
                     window.data_time += time.perf_counter() - fetch_start
                     lr = self._set_lr(optimizer, step)
                     torch.manual_seed(int(step_generator(self.train.seed, step, self.rank).initial_seed()))
-                    with self.accelerator.autocast():
-                        loss, stats = self.compute_loss(batch)
-                    self.accelerator.backward(loss)
-                    if self.optim.grad_clip > 0:
-                        norm = self.accelerator.clip_grad_norm_(params, self.optim.grad_clip)
-                        stats["grad_norm"] = float(norm)
-                    optimizer.step()
-                    optimizer.zero_grad(set_to_none=True)
+                    updates = self.step_losses(batch)
+                    while True:
+                        with self.accelerator.autocast():
+                            update = next(updates, None)
+                        if update is None:
+                            break
+                        loss, stats = update
+                        self.accelerator.backward(loss)
+                        if self.optim.grad_clip > 0:
+                            norm = self.accelerator.clip_grad_norm_(params, self.optim.grad_clip)
+                            stats["grad_norm"] = float(norm)
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                        stats["lr"] = lr
+                        window.add(stats)
                     step += 1
                     if ema is not None:
                         ema.update(step)
-                    stats["lr"] = lr
-                    window.add(stats)
                     window.steps += 1
                     window.samples += self.samples_per_batch * self.world
                     bar.update(1)

@@ -31,16 +31,15 @@ SIGTERM, resume, logs) is `viva.train.harness.TrainingRun`'s; this module adds:
 - previews: every `train.sample_every` steps, `preview_examples` held-out pairs (seed
   `data.preview_seed`) are edited with the EMA weights in `train.sample_steps` Euler steps and written to
   RUN/samples/step-N.png (source | result | target | reference, one row per frame);
-- a weight check across processes: at every checkpoint and at the end each rank writes the SHA-256 of its
-  trainable weights to RUN/sync/rank-R.jsonl, and the run stops if the ranks disagree (the classic
-  unsynchronised-gradients bug of multi-GPU RL/SFT code);
+- a weight check across processes (the harness's `_check_sync`): at every checkpoint and at the end each
+  rank writes the SHA-256 of its trainable weights to RUN/sync/rank-R.jsonl, and the run stops if the
+  ranks disagree (the classic unsynchronised-gradients bug of multi-GPU RL/SFT code);
 - at the end: RUN/model/ (pipeline.save_editor, EMA weights) that `viva edit --model RUN/model` loads.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import io
 import json
 import os
@@ -74,7 +73,7 @@ from .batching import (
     example_from_pair,
     to_model_inputs,
 )
-from .harness import OptimConfig, RunConfig, TrainingRun
+from .harness import OptimConfig, RunConfig, TrainingRun, weights_digest  # noqa: F401 (weights_digest: re-exported)
 from .runtime import step_generator
 
 __all__ = [
@@ -212,17 +211,6 @@ class SFTObjective(nn.Module):
 
     def forward(self, cond, target_latents, mask, generator):
         return self.editor.training_loss(cond, target_latents, mask, generator)
-
-
-def weights_digest(modules: dict[str, nn.Module]) -> str:
-    """SHA-256 of modules' float32 parameters and buffers (CPU bytes, sorted keys)."""
-    h = hashlib.sha256()
-    for name in sorted(modules):
-        state = modules[name].state_dict()
-        for key in sorted(state):
-            h.update(f"{name}.{key}".encode())
-            h.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 # Helpers -------------------------------------------------------------------------------------------------
@@ -487,29 +475,6 @@ class SFTTrainingRun(TrainingRun):
         what = "EMA weights" if self.train.ema_decay > 0 else "final weights"
         print(f"wrote {folder} ({what}; load with `viva edit --model {folder}` or pipeline.load_editor)", flush=True)
         return summary
-
-    # -- weight checks across processes ----------------------------------------------------------------
-    def _write_sync(self, step: int, modules: dict[str, nn.Module], initial: bool = False) -> str:
-        digest = weights_digest(modules)
-        folder = self.run_dir / "sync"
-        folder.mkdir(parents=True, exist_ok=True)
-        with open(folder / f"rank-{self.rank}.jsonl", "a") as f:
-            f.write(json.dumps({"step": step, "sha256": digest, "initial": initial}) + "\n")
-        return digest
-
-    def _check_sync(self, step: int) -> None:
-        digest = self._write_sync(step, self.modules)
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        digests = [None] * self.world
-        dist.all_gather_object(digests, digest)
-        if len(set(digests)) != 1:
-            raise RuntimeError(
-                f"trainable weights differ across ranks at step {step} ({', '.join(d[:12] for d in digests)}): "
-                "gradients are not synchronised"
-            )
 
     # -- previews ---------------------------------------------------------------------------------------
     def _preview_pairs(self):
