@@ -214,3 +214,26 @@ def test_offline_loading(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("ok")
     assert not (tmp_path / "hf").exists() or not any((tmp_path / "hf").rglob("*.safetensors"))
+
+
+def test_image_token_positions_add_a_learned_table_that_round_trips(tmp_path):
+    """image_token_positions adds a trainable [n_img, 384] table (a sin-cos grid at init, distinct per
+    position) to the projected image tokens of frames and references alike; saved and loaded with the model."""
+    torch.manual_seed(0)
+    config = MiniVLMInstructorConfig(vision=VisionConfig(**SMALL_VISION), projector_hidden=64, image_token_pool=2,
+                                     image_token_positions=True)
+    model = MiniVLMInstructor(config).eval()
+    table = model.image_positions
+    assert table.shape == (16, 384) and table.requires_grad
+    assert torch.cdist(table, table).add(torch.eye(16) * 1e3).min() > 0.1  # every position distinct
+    images = _images(2)
+    with torch.no_grad():
+        with_table = model.image_tokens(images, model.reference_type)
+        model.image_positions = None
+        without = model.image_tokens(images, model.reference_type)
+        model.image_positions = table
+    torch.testing.assert_close(with_table - without, table.detach().expand_as(with_table), atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path / "vlm")
+    loaded = MiniVLMInstructor.from_pretrained(tmp_path / "vlm")
+    assert torch.equal(loaded.image_positions, model.image_positions)
+    assert MiniVLMInstructor(vision=VisionConfig(**SMALL_VISION), projector_hidden=64).image_positions is None

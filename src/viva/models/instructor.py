@@ -40,7 +40,7 @@ from viva.errors import VivaUserError
 
 from .hub import ComponentConfig, PretrainedMixin
 from .interfaces import Instructor, InstructorOutput
-from .vision import MiniViT, VisionConfig
+from .vision import MiniViT, VisionConfig, sincos_2d
 
 __all__ = [
     "MiniVLMInstructorConfig",
@@ -52,6 +52,7 @@ __all__ = [
 ]
 
 MINILM_HIDDEN = 384
+POSITION_SCALE = 0.1  # initial size of the image-token position table (MiniLM embeddings have norm ~1)
 TRAINED_LM_PREFIX = "language_model.encoder."  # the part of MiniLM that `train_language_model` trains and saves
 
 
@@ -126,6 +127,9 @@ class MiniVLMInstructorConfig(TextOnlyInstructorConfig):
     vision: VisionConfig = field(default_factory=VisionConfig)
     projector_hidden: int = 768  # 2-layer GELU MLP: vision width -> hidden -> 384
     image_token_pool: int = 1  # average-pool the patch grid by this factor (1: 64 tokens per image)
+    # Add a learned 2D position table (initialised as a sin-cos grid) to the projected image tokens, so
+    # "where" is an explicit part of every image token that MiniLM's attention can copy into the words.
+    image_token_positions: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -302,6 +306,10 @@ class MiniVLMInstructor(_MiniLMInstructor):
             nn.Linear(config.projector_hidden, self.hidden_size),
         )
         self.image_type = nn.Parameter(torch.randn(self.hidden_size) * 0.02)
+        self.image_positions = None
+        if config.image_token_positions:
+            grid = config.vision.grid // config.image_token_pool
+            self.image_positions = nn.Parameter(POSITION_SCALE * sincos_2d(grid, grid, self.hidden_size))
         self.reference_type = nn.Parameter(torch.randn(self.hidden_size) * 0.02)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -313,7 +321,8 @@ class MiniVLMInstructor(_MiniLMInstructor):
         return images
 
     def image_tokens(self, images: torch.Tensor, type_embedding: torch.Tensor) -> torch.Tensor:
-        """images [N,3,H,W] -> projected tokens [N, n_img, 384] (with the given type embedding added)."""
+        """images [N,3,H,W] -> projected tokens [N, n_img, 384] (+ the given type embedding and, with
+        image_token_positions, the position table [n_img, 384])."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images [N,3,H,W], got {tuple(images.shape)}")
         x = self.vision(self._prepare(images))  # [N, grid*grid, width]
@@ -323,7 +332,10 @@ class MiniVLMInstructor(_MiniLMInstructor):
             n, _, d = x.shape
             x = x.transpose(1, 2).reshape(n, d, grid, grid)
             x = F.avg_pool2d(x, pool).flatten(2).transpose(1, 2)
-        return self.projector(x) + type_embedding
+        x = self.projector(x) + type_embedding
+        if self.image_positions is not None:  # images are resized to vision.image_size: the grid always matches
+            x = x + self.image_positions.to(x.dtype)
+        return x
 
     def forward(self, instructions, first_frames=None, references=None) -> InstructorOutput:
         instructions = self._check_instructions(instructions)

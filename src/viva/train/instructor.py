@@ -25,8 +25,8 @@ Each question's head attention-pools the INSTRUCTION tokens ([CLS], words, [SEP]
 read_instruction_only`) with its own learned query (one shared attention layer + MLP) and a linear
 classifier: the answers must flow from the image into the instruction tokens, which is what "visually
 grounded instruction tokens" means, and what the probe then measures; labels that do not apply are ignored. Loss: mean cross-entropy over the
-heads + dense_weight * (patch color CE + patch shape CE + referred BCE). MiniLM is frozen by default (`model.train_language_model: true` trains it at
-`optim.language_model_lr`); the ViT, projector and type embeddings train.
+heads + dense_weight * (patch color CE + patch shape CE + referred BCE). MiniLM's transformer layers train at `optim.language_model_lr` (`model.train_language_model`; false
+freezes MiniLM); the ViT, projector and type embeddings train.
 
 The text alone cannot answer most target questions: an instruction names its target by color, shape,
 size or position ("the star", "the leftmost one"), so the target's color or cell must be read off the
@@ -109,7 +109,7 @@ class InstructorOptimConfig(OptimConfig):
     lr: float = 5e-4
     weight_decay: float = 0.05
     warmup_steps: int = 300
-    language_model_lr: float = 3e-5  # used when model.train_language_model is true
+    language_model_lr: float = 1e-4  # used when model.train_language_model is true
 
 
 @dataclass
@@ -144,7 +144,9 @@ class ProbeConfig:
 
 
 def _default_model() -> MiniVLMInstructorConfig:
-    return MiniVLMInstructorConfig()
+    """The pre-training recipe's instructor (configs/instructor_mini.yaml): 16 tokens per image with a
+    position table, MiniLM's layers trained."""
+    return MiniVLMInstructorConfig(image_token_pool=2, image_token_positions=True, train_language_model=True)
 
 
 @dataclass
