@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -13,7 +13,7 @@ $(BIN)/python:
 # Reinstall when the project's metadata or the constraints change.
 $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[ray,dev]"
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[ray,dev,app]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -24,8 +24,19 @@ demo: $(STAMP)
 	$(BIN)/viva data show $(DEMO_OUT)/pairs --index 0 -o $(DEMO_OUT)/preview.gif
 	@echo "demo: preview written to $(DEMO_OUT)/preview.png and $(DEMO_OUT)/preview.gif"
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+# Debian's Chromium for the browser tests of `viva app` (tests/test_app.py drives it with Playwright's Python
+# package; Playwright never downloads a browser). Installed with apt when missing and apt can be used (as root);
+# otherwise a note, and the browser tests fail under CI / are skipped elsewhere, saying so.
+browser:
+	@if [ -n "$$VIVA_CHROMIUM" ] || command -v chromium >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		echo "installing Debian's chromium for the browser tests (apt-get)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+			|| echo "warning: apt-get could not install chromium; the browser tests will say so"; \
+	else echo "note: no chromium here and no apt-get as root; install chromium for the browser tests"; fi
+
+test: $(STAMP) browser
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py

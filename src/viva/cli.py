@@ -7,6 +7,7 @@
     viva train grpo --init MODEL_DIR --prompts SPEC [--config YAML] [--out RUN] [KEY=VALUE ...]
     viva edit INPUT -i "instruction" -o OUT.mp4 [--ref IMG] [--preview PNG] [--model DIR] [--steps N] ...
     viva eval (--model DIR | --baseline identity|ground_truth | --outputs DIR | --export-bench DIR) [--cases N] ...
+    viva app [--host 127.0.0.1] [--port 7860] [--model DIR] [--share]
 
 `build_parser()` assembles one small `add_*_commands(subparsers)` function per command group; each command
 sets `func`, a handler `(args) -> int` that imports what it needs lazily (so `viva --help` stays fast).
@@ -584,6 +585,35 @@ def cmd_eval(args) -> int:
     return run_eval_command(args)
 
 
+# viva app -------------------------------------------------------------------------------------------
+
+
+def add_app_command(commands) -> None:
+    """`viva app [--host 127.0.0.1] [--port 7860] [--model DIR] [--share] [--device DEV]`: the web page."""
+    app = commands.add_parser(
+        "app",
+        help="serve a web page for editing videos (Gradio)",
+        description="Serve a page where you upload a video (or pick a bundled sample), type an instruction, "
+        "optionally add a reference image, and see the result beside the source. Edits run one at a time in "
+        "a queue. Nothing is fetched from the internet unless --share is given.",
+    )
+    app.add_argument("--host", default="127.0.0.1", metavar="ADDR",
+                     help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: the network)")
+    app.add_argument("--port", type=_whole_number, default=7860, metavar="PORT", help="port (default 7860)")
+    app.add_argument("--model", metavar="DIR", help="model folder (default: the bundled model)")
+    app.add_argument("--share", action="store_true",
+                     help="also open a public *.gradio.live link through Gradio's tunnel (off by default; "
+                     "needs the internet, and anyone with the link can use the app)")
+    app.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default cpu)")
+    app.set_defaults(func=cmd_app)
+
+
+def cmd_app(args) -> int:
+    from .app import run_app_command
+
+    return run_app_command(args)
+
+
 # The parser -----------------------------------------------------------------------------------------
 
 
@@ -598,6 +628,7 @@ def build_parser() -> ArgumentParser:
     add_train_commands(commands)
     add_edit_command(commands)
     add_eval_command(commands)
+    add_app_command(commands)
     return parser
 
 
