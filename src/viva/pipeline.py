@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from viva.errors import VivaUserError
+from viva.io.atomic import replace_dir
 
 if TYPE_CHECKING:  # torch is imported lazily: `viva edit` reports a bad argument before paying for it
     import torch
@@ -74,13 +75,7 @@ def save_editor(editor, directory: str | os.PathLike) -> Path:
             module.save_pretrained(tmp / name)
             index[name] = type(module).__name__
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
-        if target.exists():
-            old = target.parent / f".{target.name}.{secrets.token_hex(4)}.old"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -32,6 +32,7 @@ import numpy as np
 from viva.data.generate import DataConfig, make_pair
 from viva.data.pair import HYBRID, PRIMITIVE_CATEGORIES
 from viva.errors import VivaUserError
+from viva.io.atomic import replace_dir
 from viva.world.program import Clause
 from viva.world.scene import Scene
 
@@ -292,13 +293,7 @@ def export_bench(bench: WorldBench, folder: str | os.PathLike, targets: bool = F
             lines.append(json.dumps(entry, sort_keys=True))
         (tmp / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
         (tmp / BENCH_INFO_NAME).write_text(json.dumps(bench.spec(), indent=2) + "\n")
-        if target.exists():
-            old = parent / f".{target.name}.{secrets.token_hex(4)}.old"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_dir(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target

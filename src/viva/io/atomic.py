@@ -1,9 +1,10 @@
-"""Atomic file output: write next to the target, then rename over it."""
+"""Atomic output: write next to the target, then rename over it (files and whole folders)."""
 
 from __future__ import annotations
 
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,3 +46,21 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             f.flush()
             os.fsync(f.fileno())
     return Path(path)
+
+
+def replace_dir(tmp: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Move the finished folder `tmp` to `target` (same parent folder), replacing a folder already there:
+    the old one is first renamed aside, so `target` is at every moment either the old or the new folder."""
+    tmp, target = Path(tmp), Path(target)
+    if target.exists():
+        old = target.parent / f".{target.name}.{secrets.token_hex(4)}.old"
+        os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            os.replace(old, target)
+            raise
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)
+    return target
