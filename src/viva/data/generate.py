@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..world.program import Clause, apply_clause, apply_program
+from ..world.program import Clause, apply_clause
 from ..world.render import render_float, render_reference, to_uint8
 from ..world.scene import Scene
 from .grammar import DEFAULT_HELDOUT_PHRASINGS, NoPhrasing, Phraser, instruction_text

@@ -384,26 +384,7 @@ def detect_planes(
     membership = np.zeros(shape3, dtype=np.float32)
     membership.ravel()[sup] = f
 
-    hw = height * width
-    t_sup = sup // hw
-    y_sup = (sup % hw) // width + 0.5
-    x_sup = sup % width + 0.5
-    mass = np.bincount(own, weights=f, minlength=n_comp)
-    msafe = np.maximum(mass, 1e-6)
-    cx = np.bincount(own, weights=f * x_sup, minlength=n_comp) / msafe
-    cy = np.bincount(own, weights=f * y_sup, minlength=n_comp) / msafe
-    frame_of = np.zeros(n_comp, dtype=np.int64)
-    frame_of[own] = t_sup
-    gmap, gmass = _silhouette(membership, comp, owner, sup, own, f, n_comp)
-    # Border contact: any support pixel on the frame's edge.
-    on_edge = (y_sup < 1.0) | (y_sup > height - 1.0) | (x_sup < 1.0) | (x_sup > width - 1.0)
-    border = np.bincount(own, weights=on_edge.astype(np.float64), minlength=n_comp) > 0
-
-    gsup = gmap.ravel()[sup]
-    gsafe = np.maximum(gmass, 1e-6)
-    gx = np.bincount(own, weights=gsup * x_sup, minlength=n_comp) / gsafe
-    gy = np.bincount(own, weights=gsup * y_sup, minlength=n_comp) / gsafe
-    probs = _shape_probs(gmap, owner, frame_of, gx, gy, gmass)
+    mass, cx, cy, frame_of, border, gx, gy, gmass, probs = _geometry(membership, comp, owner, sup, own, f, n_comp)
     names = [COLOR_NAMES[k] for k in color_of]
     luma_plane = planes[0] * LUMA[0] + planes[1] * LUMA[1] + planes[2] * LUMA[2]
     core_idx = np.flatnonzero(comp)
@@ -413,6 +394,31 @@ def detect_planes(
         names, probs, frame_of, cx, cy, mass, core_count, cos_mean, luma, border, height, width, min_px, gx, gy, gmass
     )
     return _result(dets, num_frames, height, width, global_state, link, owner, membership, clean)
+
+
+def _geometry(membership, comp, owner, sup, own, f, n_comp):
+    """Per component, from its support pixels `sup` (flat indices into [T,H,W]; `own` their component,
+    `f` their membership): mass, membership-weighted centre (cx, cy, pixels), frame, border contact (any
+    support pixel on the frame's edge), silhouette-weighted centre (gx, gy) and mass, shape probabilities."""
+    _, height, width = membership.shape
+    hw = height * width
+    y_sup = (sup % hw) // width + 0.5
+    x_sup = sup % width + 0.5
+    mass = np.bincount(own, weights=f, minlength=n_comp)
+    msafe = np.maximum(mass, 1e-6)
+    cx = np.bincount(own, weights=f * x_sup, minlength=n_comp) / msafe
+    cy = np.bincount(own, weights=f * y_sup, minlength=n_comp) / msafe
+    frame_of = np.zeros(n_comp, dtype=np.int64)
+    frame_of[own] = sup // hw
+    gmap, gmass = _silhouette(membership, comp, owner, sup, own, f, n_comp)
+    on_edge = (y_sup < 1.0) | (y_sup > height - 1.0) | (x_sup < 1.0) | (x_sup > width - 1.0)
+    border = np.bincount(own, weights=on_edge.astype(np.float64), minlength=n_comp) > 0
+    gsup = gmap.ravel()[sup]
+    gsafe = np.maximum(gmass, 1e-6)
+    gx = np.bincount(own, weights=gsup * x_sup, minlength=n_comp) / gsafe
+    gy = np.bincount(own, weights=gsup * y_sup, minlength=n_comp) / gsafe
+    probs = _shape_probs(gmap, owner, frame_of, gx, gy, gmass)
+    return mass, cx, cy, frame_of, border, gx, gy, gmass, probs
 
 
 def _silhouette(membership, comp, owner, sup, own, f, n_comp):
@@ -604,23 +610,7 @@ def _detect_gray(planes: np.ndarray, background, link: bool) -> DetectionResult:
     f = np.clip(adiff.ravel()[sup] / np.maximum(0.85 * peak[own], MIN_CONTRAST), 0.0, 1.0)
     membership = np.zeros(luma.shape, dtype=np.float32)
     membership.ravel()[sup] = f
-    hw = height * width
-    y_sup = (sup % hw) // width + 0.5
-    x_sup = sup % width + 0.5
-    mass = np.bincount(own, weights=f, minlength=n_comp)
-    msafe = np.maximum(mass, 1e-6)
-    cx = np.bincount(own, weights=f * x_sup, minlength=n_comp) / msafe
-    cy = np.bincount(own, weights=f * y_sup, minlength=n_comp) / msafe
-    frame_of = np.zeros(n_comp, dtype=np.int64)
-    frame_of[own] = sup // hw
-    gmap, gmass = _silhouette(membership, comp, owner, sup, own, f, n_comp)
-    on_edge = (y_sup < 1.0) | (y_sup > height - 1.0) | (x_sup < 1.0) | (x_sup > width - 1.0)
-    border = np.bincount(own, weights=on_edge.astype(np.float64), minlength=n_comp) > 0
-    gsup = gmap.ravel()[sup]
-    gsafe = np.maximum(gmass, 1e-6)
-    gx = np.bincount(own, weights=gsup * x_sup, minlength=n_comp) / gsafe
-    gy = np.bincount(own, weights=gsup * y_sup, minlength=n_comp) / gsafe
-    probs = _shape_probs(gmap, owner, frame_of, gx, gy, gmass)
+    mass, cx, cy, frame_of, border, gx, gy, gmass, probs = _geometry(membership, comp, owner, sup, own, f, n_comp)
     # The sprite's own luminance: the mean over its most contrasted core pixels (a small blurred sprite's
     # core is mostly blended with the background).
     core = np.flatnonzero(comp)

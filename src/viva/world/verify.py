@@ -53,7 +53,6 @@ from .render import (
     NIGHT_GAIN,
     NIGHT_OFFSET,
     POSTERIZE_LEVELS,
-    RAIN_COLOR,
     SNOW_COLOR,
     frame_times,
     render_background,
@@ -744,7 +743,6 @@ def _match_known(ctx: _Context, expects: list[_Expect]) -> dict[int, dict]:
             pairs.append((q[j], e.key, int(j)))
     pairs.sort(key=lambda p: -p[0])
     out = {e.key: {"pos": np.zeros(ctx.T), "mass": np.zeros(ctx.T), "dets": [[] for _ in range(ctx.T)]} for e in expects}
-    by_key = {e.key: e for e in expects}
     taken: set[tuple[int, int]] = set()
     for q, key, j in pairs:
         t = int(ctx.dframe[j])
