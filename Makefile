@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/viva data show $(DEMO_OUT)/pairs --index 0 -o $(DEMO_OUT)/preview.gif
 	@echo "demo: preview written to $(DEMO_OUT)/preview.png and $(DEMO_OUT)/preview.gif"
 
-# Debian's Chromium for the browser tests of `viva app` (tests/test_app.py drives it with Playwright's Python
+# Debian's Chromium for the browser tests (tests/test_app.py, tests/test_eval_report.py drive it with Playwright's Python
 # package; Playwright never downloads a browser). Installed with apt when missing and apt can be used (as root);
 # otherwise a note, and the browser tests fail under CI / are skipped elsewhere, saying so.
 browser:

@@ -2,9 +2,10 @@
 its input checks, and its one-line CLI errors.
 
 The browser is Debian's Chromium (`chromium` package, /usr/bin/chromium), driven by Playwright's Python
-package through `executable_path`: Playwright never downloads a browser of its own here. `make test`
-installs chromium with apt when it is missing (see the Makefile); VIVA_CHROMIUM names another binary. With
-no Chromium the browser tests fail under CI (CI=true) and are skipped elsewhere, saying how to get one.
+package through `executable_path` (`viva.browser`; the `browser` fixture is in conftest.py): Playwright never
+downloads a browser of its own here. `make test` installs chromium with apt when it is missing (see the
+Makefile); VIVA_CHROMIUM names another binary. With no Chromium the browser tests fail under CI (CI=true) and
+are skipped elsewhere, saying how to get one.
 
 Nothing may leave the machine: the page's requests to any host but 127.0.0.1 are recorded (and refused),
 and the server runs under an audit hook that reports every outbound connection and name lookup of a
@@ -38,6 +39,7 @@ from viva.app import (
     load_samples,
     resolve_model,
 )
+from viva.browser import OUTSIDE
 from viva.errors import VivaUserError
 from viva.io import read_image, read_video, write_image, write_video
 from viva.models.tiny import save_tiny_editor
@@ -65,13 +67,6 @@ sys.addaudithook(_audit)
 runpy.run_module("viva", run_name="__main__", alter_sys=True)
 """
 
-CHROMIUM_ARGS = [  # as root in a container, with no network: no sandbox, no background traffic
-    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-default-apps", "--disable-extensions", "--autoplay-policy=no-user-gesture-required",
-]
-
-
 def viva_env() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 
@@ -80,13 +75,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def find_chromium() -> str | None:
-    names = [os.environ.get("VIVA_CHROMIUM")] + [
-        shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
-    ]
-    return next((n for n in names if n and Path(n).is_file()), None)
 
 
 class Server:
@@ -136,22 +124,6 @@ def server(tmp_path_factory):
     assert "Traceback" not in text and "NET-AUDIT" not in text, text
 
 
-@pytest.fixture(scope="module")
-def browser():
-    executable = find_chromium()
-    if executable is None:
-        message = "no Chromium found: apt-get install chromium (make test does it), or set VIVA_CHROMIUM"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
 @pytest.fixture
 def page(browser, server):
     """A fresh page on the app; `page.outside` collects requests to any other host (they are refused)."""
@@ -162,7 +134,7 @@ def page(browser, server):
         outside.append(route.request.url)
         route.abort()
 
-    context.route(re.compile(r"^(https?|wss?)://(?!(127\.0\.0\.1|localhost)[:/])"), refuse)
+    context.route(OUTSIDE, refuse)
     page = context.new_page()
     page.outside = outside
     page.set_default_timeout(30_000)

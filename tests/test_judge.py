@@ -1,5 +1,5 @@
-"""The VLM judge client against a real local HTTP server (http.server in a thread) playing an
-OpenAI-compatible endpoint: request shape, parsing, retries, timeouts, refused connections, manifests."""
+"""The VLM judge client against a real local HTTP server (tests/fake_judge.py: http.server in a thread,
+started per test by the `judge` fixture in conftest.py) playing an OpenAI-compatible endpoint: request shape, parsing, retries, timeouts, refused connections, manifests."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ import base64
 import io
 import json
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +31,8 @@ from viva.rewards.judge import (
     user_text,
 )
 
+from fake_judge import scores_answer  # tests/fake_judge.py
+
 H, W, T = 48, 64, 10
 
 
@@ -44,71 +44,6 @@ def make_clip(shift: int = 0) -> np.ndarray:
         x = (3 * t + shift) % (W - 12)
         frames[t, 10:22, x : x + 12] = (230, 30, 30)
     return frames
-
-
-def completion(content: str) -> dict:
-    return {"id": "cmpl-1", "object": "chat.completion", "model": "judge",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}]}
-
-
-def scores_answer(body: dict, value: int = 7) -> str:
-    """A well-formed answer naming exactly the criteria the prompt asks for."""
-    prompt = body["messages"][1]["content"][-1]["text"]
-    names = [n for n in REFERENCE_CRITERIA if f"- {n}:" in prompt]
-    return "Here you go:\n```json\n" + json.dumps({**{n: value for n in names}, "reason": "fine"}) + "\n```"
-
-
-class FakeJudge:
-    """A local endpoint. `script`: per request, in order, (status, content or payload dict, delay s, headers);
-    `content` may be a callable(body) -> str. When the script runs out, answers with 7s."""
-
-    def __init__(self) -> None:
-        self.script: list[tuple] = []
-        self.requests: list[dict] = []
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:
-                pass
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers["Content-Length"]))
-                body = json.loads(raw)
-                fake.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
-                status, content, delay, headers = fake.script.pop(0) if fake.script else (200, scores_answer, 0.0, {})
-                if delay:
-                    time.sleep(delay)
-                if callable(content):
-                    content = content(body)
-                payload = json.dumps(completion(content) if isinstance(content, str) and status == 200 else content)
-                data = payload.encode() if not isinstance(content, bytes) else content
-                try:
-                    self.send_response(status)
-                    for k, v in headers.items():
-                        self.send_header(k, v)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the client gave up (timeout test)
-                    pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self.thread.start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def judge():
-    server = FakeJudge()
-    yield server
-    server.close()
 
 
 @pytest.fixture(scope="module")

@@ -273,6 +273,12 @@ def add_edit_command(commands) -> None:
     edit.add_argument("--preview", metavar="PNG",
                       help="also write a source | result (| reference) grid, one row per frame")
     edit.add_argument("--model", metavar="DIR", help="model folder (from training or save_pretrained)")
+    edit.add_argument("--preset", metavar="NAME",
+                      help="full-scale backbone preset instead of --model: wan-t2v, lucy-edit, wan-qwen or hunyuan-llava "
+                      "(docs/backbones.md; VLM presets read WEIGHTS/vlm)")
+    edit.add_argument("--weights", metavar="DIR", help="with --preset: the LOCAL pretrained weights folder")
+    edit.add_argument("--size", metavar="WxHxT",
+                      help="with --preset: the clip size to edit at, e.g. 832x480x81 (T = 1 + 4k; default: the preset's)")
     edit.add_argument("--steps", type=_whole_number, metavar="N", help="denoising steps (model default: 20)")
     edit.add_argument("--guidance", type=_scale, metavar="G", help="instruction guidance scale (model default: 3.0)")
     edit.add_argument("--video-guidance", type=_scale, metavar="G",
@@ -309,6 +315,31 @@ def _check_output(path: str, formats, what: str, hint: str) -> None:
         raise VivaUserError(f"cannot write {what} {path}: folder {parent} is not writable; check its permissions")
 
 
+def _preset_args(args):
+    """`viva edit --preset NAME --weights DIR [--size WxHxT]` -> None (no preset) or (name, (H, W, T)),
+    after cheap checks of the weights folder."""
+    if args.preset is None:
+        if args.weights is not None or args.size is not None:
+            raise VivaUserError("--weights and --size go with --preset NAME; for a viva model folder use --model DIR")
+        return None
+    from .models.backbones import PRESET_SIZES, check_preset_folder
+
+    if args.model is not None:
+        raise VivaUserError("give --model DIR or --preset NAME --weights DIR, not both")
+    if args.weights is None:
+        raise VivaUserError(f"--preset {args.preset} needs --weights DIR, the local pretrained weights folder")
+    check_preset_folder(args.preset, args.weights)
+    height, width, frames = PRESET_SIZES[args.preset]
+    if args.size is not None:
+        parts = args.size.lower().split("x")
+        if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise VivaUserError(f"--size must be WIDTHxHEIGHTxFRAMES, e.g. 832x480x81, got {args.size!r}")
+        width, height, frames = (int(p) for p in parts)
+    if height % 16 or width % 16 or (frames - 1) % 4:
+        raise VivaUserError(f"--size {width}x{height}x{frames}: width and height must be multiples of 16 and frames 1 + 4k")
+    return args.preset, (height, width, frames)
+
+
 def cmd_edit(args) -> int:
     from pathlib import Path
 
@@ -334,10 +365,14 @@ def cmd_edit(args) -> int:
         raise VivaUserError(f"--steps must be from 1 to 1000, got {args.steps}")
     if args.seed < 0:
         raise VivaUserError(f"--seed must be >= 0, got {args.seed}")
-    model = args.model if args.model is not None else default_model_path()
-    if model is None:
-        raise VivaUserError("no --model given and no bundled model; pass --model DIR")
-    index = check_model_folder(model)
+    preset = _preset_args(args)
+    if preset is None:
+        model = args.model if args.model is not None else default_model_path()
+        if model is None:
+            raise VivaUserError("no --model given and no bundled model; pass --model DIR")
+        index = check_model_folder(model)
+    else:
+        index = {"editor": {"height": preset[1][0], "width": preset[1][1], "num_frames": preset[1][2]}}
     try:
         import torch
 
@@ -371,7 +406,14 @@ def cmd_edit(args) -> int:
         notes += ref_notes
 
     # 3. Load the model and edit.
-    pipe = VivaPipeline.from_pretrained(model, device=device, precision=args.precision)
+    if preset is None:
+        pipe = VivaPipeline.from_pretrained(model, device=device, precision=args.precision)
+    else:
+        from .models.backbones import load_preset
+
+        height, width, length = preset[1]
+        editor = load_preset(args.preset, args.weights, height=height, width=width, num_frames=length, device=device)
+        pipe = VivaPipeline(editor, precision=args.precision)
     result = pipe(
         frames,
         instruction,
@@ -575,6 +617,10 @@ def add_eval_command(commands) -> None:
     ev.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default cpu)")
     ev.add_argument("--threads", type=_whole_number, metavar="N", help="CPU threads for torch")
     ev.add_argument("--no-previews", action="store_true", help="skip the per-case preview PNGs")
+    ev.add_argument("--save-outputs", action="store_true", help="keep every output clip as PNG frames in "
+                    "OUT/outputs/<case id>/ (for `viva judge --outputs`, or to score again with --outputs)")
+    ev.add_argument("--report-png", metavar="FILE", help="also render report.html in headless Chromium to this PNG "
+                    "(the system's chromium via Playwright; nothing is downloaded)")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ev.set_defaults(func=cmd_eval)
 
@@ -583,6 +629,90 @@ def cmd_eval(args) -> int:
     from .eval.command import run_eval_command
 
     return run_eval_command(args)
+
+
+# viva ablate ----------------------------------------------------------------------------------------
+
+
+def add_ablate_command(commands) -> None:
+    """`viva ablate --budget SAMPLES --out DIR [...]`: the Table 2 ladder (see viva.eval.ablate)."""
+    ab = commands.add_parser(
+        "ablate",
+        help="train and score the paper's ablation ladder at mini scale with equal SFT compute",
+        description="Train vanilla (text-only) -> + VLM instructor -> + masked loss -> + image mix with the same "
+        "number of SFT samples each (--budget), then Edit-GRPO from the last; score every model on the world "
+        "bench and write OUT/ablation.md (beside the paper's Table 2) and OUT/ablation.json. Resumes.",
+    )
+    ab.add_argument("--budget", required=True, type=_whole_number, metavar="SAMPLES",
+                    help="SFT training samples per rung (steps = SAMPLES // train.batch_size)")
+    ab.add_argument("--out", default="runs/ablate", metavar="DIR", help="output folder (default runs/ablate)")
+    ab.add_argument("--sft-config", metavar="YAML", help="SFT config of every rung (default: built-in, as in configs/)")
+    ab.add_argument("--grpo-config", metavar="YAML", help="Edit-GRPO config (default: built-in)")
+    ab.add_argument("--sft", action="append", default=[], metavar="KEY=VALUE", help="SFT override (repeatable)")
+    ab.add_argument("--grpo", action="append", default=[], metavar="KEY=VALUE", help="Edit-GRPO override (repeatable)")
+    ab.add_argument("--grpo-steps", type=_whole_number, default=300, metavar="N", help="Edit-GRPO steps (default 300)")
+    ab.add_argument("--rungs", metavar="LIST", help="comma-separated rungs (default: vanilla,vlm,masked,image_mix,grpo)")
+    ab.add_argument("--cases", type=_whole_number, default=50, metavar="N", help="bench cases per category (default 50)")
+    ab.add_argument("--categories", metavar="LIST", help="bench categories (default: all)")
+    ab.add_argument("--eval-steps", type=_whole_number, metavar="N", help="denoising steps when scoring (default: the model's)")
+    ab.add_argument("--seed", type=_whole_number, default=0, metavar="S", help="eval seed (default 0)")
+    ab.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    ab.set_defaults(func=cmd_ablate)
+
+
+def cmd_ablate(args) -> int:
+    import os
+
+    from .eval.ablate import ABLATION_TABLE, ablation_table, run_ablation
+
+    ablation = run_ablation(args.out, args.budget, sft_config=args.sft_config, grpo_config=args.grpo_config,
+                            sft_overrides=args.sft, grpo_overrides=args.grpo, grpo_steps=args.grpo_steps,
+                            rungs=args.rungs, cases=args.cases, categories=args.categories, eval_steps=args.eval_steps,
+                            seed=args.seed, progress=not args.no_progress)
+    print(ablation_table(ablation), end="")
+    print(f"wrote {os.path.join(args.out, ABLATION_TABLE)}")
+    return 0
+
+
+# viva judge -----------------------------------------------------------------------------------------
+
+
+def add_judge_command(commands) -> None:
+    """`viva judge MANIFEST --url URL --model NAME [--outputs DIR] [--out FILE] ...`: the VLM judge."""
+    judge = commands.add_parser(
+        "judge",
+        help="score edited videos with a VLM judge behind an OpenAI-compatible endpoint (VIE-Bench style)",
+        description="Ask a vision-language model (any OpenAI-compatible chat-completions server, e.g. a local "
+        "vLLM) to score every case of a JSONL manifest 0-10 for instruction following, preservation, quality "
+        "(and subject similarity for reference edits); see docs/judge.md. Results go to OUT (JSONL, one record "
+        "per case) and a summary beside it (<OUT stem>.summary.json); an interrupted run resumes, asking only for the cases not yet judged. "
+        "World bench: `viva eval --export-bench B` writes B/judge.jsonl; judge another system's edits with "
+        "`viva judge B/judge.jsonl --outputs DIR`, or a model's with `viva eval --save-outputs` and "
+        "`--outputs EVAL_OUT/outputs`.",
+    )
+    judge.add_argument("manifest", metavar="MANIFEST", help="JSONL: one case per line (video, instruction, "
+                       "edited, reference, category, id, meta)")
+    judge.add_argument("--url", required=True, metavar="URL", help="API root, e.g. http://localhost:8000/v1")
+    judge.add_argument("--model", required=True, metavar="NAME", help="the model name the server serves")
+    judge.add_argument("--key-env", metavar="VAR", help="environment variable holding the API key (default: none)")
+    judge.add_argument("--outputs", metavar="DIR", help="folder of edited clips (<id>.mp4, an image, or <id>/ "
+                       "frames) for cases without \"edited\"")
+    judge.add_argument("--out", metavar="FILE", help="results JSONL (default: MANIFEST's folder/<stem>.judged.jsonl)")
+    judge.add_argument("--frames", type=_whole_number, default=8, metavar="N", help="frames sampled per video (default 8)")
+    judge.add_argument("--max-side", type=_whole_number, default=512, metavar="PX", help="longest frame side sent (default 512)")
+    judge.add_argument("--timeout", type=_positive_number, default=120.0, metavar="S", help="seconds per request (default 120)")
+    judge.add_argument("--retries", type=_whole_number, default=3, metavar="N", help="retries of a failed request (default 3)")
+    judge.add_argument("--workers", type=_whole_number, default=1, metavar="N", help="concurrent requests (default 1)")
+    judge.add_argument("--skip-errors", action="store_true", help="record a case that fails and go on (it is asked "
+                       "again next run) instead of stopping")
+    judge.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    judge.set_defaults(func=cmd_judge)
+
+
+def cmd_judge(args) -> int:
+    from .eval.command import run_judge_command
+
+    return run_judge_command(args)
 
 
 # viva app -------------------------------------------------------------------------------------------
@@ -628,6 +758,8 @@ def build_parser() -> ArgumentParser:
     add_train_commands(commands)
     add_edit_command(commands)
     add_eval_command(commands)
+    add_judge_command(commands)
+    add_ablate_command(commands)
     add_app_command(commands)
     return parser
 

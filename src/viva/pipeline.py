@@ -56,8 +56,15 @@ def component_registry() -> dict[str, type]:
     from viva.models.instructor import MiniVLMInstructor, TextOnlyInstructor
     from viva.models.refiner import MiniTokenRefiner
     from viva.models.vae import MiniVAE
+    from viva.models.backbones.hunyuan import HunyuanDenoiser, HunyuanRefiner, HunyuanVAE
+    from viva.models.backbones.vlm import VLMInstructor
+    from viva.models.backbones.wan import MaskedTokens, T5Instructor, WanDenoiser, WanVAE
 
-    return {cls.__name__: cls for cls in (MiniVAE, MiniVLMInstructor, TextOnlyInstructor, MiniTokenRefiner, MiniDiT)}
+    classes = (MiniVAE, MiniVLMInstructor, TextOnlyInstructor, MiniTokenRefiner, MiniDiT)
+    # full-scale adapters (viva.models.backbones)
+    classes += (WanVAE, T5Instructor, MaskedTokens, WanDenoiser, VLMInstructor, HunyuanVAE, HunyuanRefiner,
+                HunyuanDenoiser)
+    return {cls.__name__: cls for cls in classes}
 
 
 def save_editor(editor, directory: str | os.PathLike) -> Path:
@@ -641,7 +648,7 @@ class VivaPipeline:
         """Alike items (same T; all with a reference or none) -> edited uint8 [B,T,H,W,3]."""
         import torch
 
-        from viva.flow import euler_sample, sigma_schedule
+        from viva.flow import euler_sample
 
         editor, device = self.editor, self.device
         pixels = torch.from_numpy(np.stack(sources)).to(device).permute(0, 4, 1, 2, 3).float() / 127.5 - 1.0
@@ -653,12 +660,12 @@ class VivaPipeline:
             cond = editor.encode_condition(instructions, pixels, refs)
             # 2. Initial noise per item from its own seed (as VivaEditor.sample, but per item).
             _, C, _, h, w = cond.source.shape
-            shape = (C, cond.num_frames, h, w)
+            shape = (C, cond.latent_frames, h, w)
             noise = torch.stack(
                 [torch.randn(shape, generator=torch.Generator().manual_seed(s), dtype=torch.float32) for s in seeds]
             ).to(device)
             # 3. Euler ODE from sigma 1 to 0 with two-scale CFG (one batched denoiser call per step).
-            sigmas = sigma_schedule(steps, shift=editor.config.shift).to(device)
+            sigmas = editor.sigmas(steps).to(device)
             velocity = editor.guided_velocity_fn(cond, guidance_scale, video_guidance_scale)
             latents = euler_sample(velocity, noise, sigmas, callback=on_step)
             # 4. Decode to pixels.

@@ -5,8 +5,8 @@
     results["categories"]["add"]["passed"]   # verifier pass rate of the category
 
 See `bench` (the fixed, versioned cases), `metrics` (definitions; also docs/metrics.md), `editors` (what
-can be scored: baselines, a VivaPipeline, another system's output files) and `runner` (output folder,
-resuming).
+can be scored: baselines, a VivaPipeline, another system's output files), `runner` (output folder,
+resuming), `report` (Markdown, HTML with matplotlib charts), `ablate` (the Table 2 ladder, `viva ablate`).
 """
 
 from .bench import (

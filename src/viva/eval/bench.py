@@ -222,10 +222,12 @@ def load_bench(name: str = BENCH_NAME, cases: int = DEFAULT_CASES, categories=No
 # Export -------------------------------------------------------------------------------------------------
 
 MANIFEST_NAME = "manifest.jsonl"
+JUDGE_MANIFEST_NAME = "judge.jsonl"
 BENCH_INFO_NAME = "bench.json"
 
 
-def _write_frames(folder: Path, frames: np.ndarray) -> None:
+def write_frames(folder: Path, frames: np.ndarray) -> None:
+    """Frames as lossless PNGs folder/0000.png, 0001.png, ... (a new folder; a `viva.io` frame folder)."""
     from viva.io import write_image
 
     folder.mkdir()
@@ -245,6 +247,8 @@ def export_bench(bench: WorldBench, folder: str | os.PathLike, targets: bool = F
                                           width, fps, held_out
         FOLDER/sources/<id>.mp4           the source clip (H.264 yuv420p at BENCH_FPS: chroma subsampling
                                           costs 64x64 world clips ~30 dB PSNR)
+        FOLDER/judge.jsonl                the same cases as a VLM-judge manifest (`viva judge`; id, video,
+                                          instruction, reference, category, meta: op_category, held_out)
         FOLDER/source_frames/<id>/0000.png ...  the same clip, lossless (manifest key "frames")
         FOLDER/references/<id>.png        the reference image of reference-based cases
         FOLDER/targets/<id>/0000.png ...  (targets=True) the ground-truth target frames, lossless; this
@@ -270,7 +274,7 @@ def export_bench(bench: WorldBench, folder: str | os.PathLike, targets: bool = F
     try:
         for sub in ("sources", "source_frames", "references") + (("targets",) if targets else ()):
             (tmp / sub).mkdir()
-        lines = []
+        lines, judge_lines = [], []
         cases = bench.cases
         if progress:
             from tqdm.auto import tqdm
@@ -280,18 +284,23 @@ def export_bench(bench: WorldBench, folder: str | os.PathLike, targets: bool = F
             entry = case.manifest_entry()
             write_video(tmp / "sources" / f"{case.id}.mp4", case.source, fps=BENCH_FPS)
             entry["video"] = f"sources/{case.id}.mp4"
-            _write_frames(tmp / "source_frames" / case.id, case.source)
+            write_frames(tmp / "source_frames" / case.id, case.source)
             entry["frames"] = f"source_frames/{case.id}"
             entry["reference"] = None
             if case.reference is not None:
                 write_image(tmp / "references" / f"{case.id}.png", case.reference)
                 entry["reference"] = f"references/{case.id}.png"
             if targets and case.target is not None:
-                _write_frames(tmp / "targets" / case.id, case.target)
+                write_frames(tmp / "targets" / case.id, case.target)
                 entry["target"] = f"targets/{case.id}"
             entry["fps"] = BENCH_FPS
             lines.append(json.dumps(entry, sort_keys=True))
+            judge_lines.append(json.dumps({
+                **{k: entry[k] for k in ("id", "video", "instruction", "reference", "category")},
+                "meta": {"op_category": case.op_category, "held_out": case.held_out},
+            }))
         (tmp / MANIFEST_NAME).write_text("\n".join(lines) + "\n")
+        (tmp / JUDGE_MANIFEST_NAME).write_text("\n".join(judge_lines) + "\n")
         (tmp / BENCH_INFO_NAME).write_text(json.dumps(bench.spec(), indent=2) + "\n")
         replace_dir(tmp, target)
     finally:

@@ -10,6 +10,9 @@ Output folder (`out`; nothing is written when it is None):
     cases.jsonl       one line per scored case, appended (and fsynced) as cases finish: an interrupted run
                       continues where it stopped and never recomputes a case that has its line
     previews/<id>.png source / output / target rows at 4 frames (+ the reference), one per case
+    charts/<metric>.png  a bar chart per metric, one bar per category (matplotlib)
+    outputs/<id>/     (save_outputs) the editor's output frames, lossless PNGs: a `viva eval --outputs` folder
+                      and the edits `viva judge --outputs` reads
     results.json      bench spec, editor, seed, per-case records, per-category and overall summaries
     results.md        the summary as a Markdown table (also returned by `markdown_table`)
     report.html       summary, per-category bar charts and per-case previews (a static page)
@@ -22,6 +25,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
+import shutil
 import sys
 import time
 import zlib
@@ -30,9 +35,9 @@ from pathlib import Path
 import numpy as np
 
 from viva.errors import VivaUserError
-from viva.io.atomic import atomic_write_bytes
+from viva.io.atomic import atomic_write_bytes, replace_dir
 
-from .bench import BenchCase, WorldBench, world_bench
+from .bench import BenchCase, WorldBench, world_bench, write_frames
 from .editors import as_editor
 from .metrics import MIN_REGION_FRACTION, PRESERVE_DILATION, PSNR_CAP, QUALITY_NOISE_SCALE, aggregate, case_metrics
 
@@ -42,6 +47,7 @@ RESULTS_NAME = "results.json"
 TABLE_NAME = "results.md"
 REPORT_NAME = "report.html"
 PREVIEWS_NAME = "previews"
+OUTPUTS_NAME = "outputs"
 PREVIEW_GAP = 2
 
 
@@ -150,6 +156,7 @@ def evaluate(
     batch_size: int = 8,
     progress: bool = False,
     previews: bool = True,
+    save_outputs: bool = False,
     overwrite: bool = False,
 ) -> dict:
     """Score `editor` on `bench` (default: the full world bench) and return the results dict (see the
@@ -157,7 +164,8 @@ def evaluate(
 
     editor: an editor object (`viva.eval.editors`), a VivaPipeline, "identity" / "ground_truth", or
     `fn(case, seed) -> frames`. batch_size: cases handed to the editor at once. previews: write one PNG
-    per case (only with `out`)."""
+    per case (only with `out`). save_outputs: keep each output clip in out/outputs/<id>/ (part of the run's
+    identity: a run resumes only with the same setting)."""
     bench = world_bench() if bench is None else bench
     editor = as_editor(editor)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
@@ -168,11 +176,16 @@ def evaluate(
         editor.check(bench.ids)
     run = {"bench": _bench_identity(bench), "editor": editor.info(), "seed": int(seed)}
     folder = None if out is None else Path(out)
+    if save_outputs:
+        if folder is None:
+            raise VivaUserError("saving outputs needs an output folder (--out DIR)")
+        run["save_outputs"] = True
     done: dict[str, dict] = {}
     if folder is not None:
         done = _prepare_folder(folder, run, overwrite)
-        if previews:
-            (folder / PREVIEWS_NAME).mkdir(exist_ok=True)
+        for name, wanted in ((PREVIEWS_NAME, previews), (OUTPUTS_NAME, save_outputs)):
+            if wanted:
+                (folder / name).mkdir(exist_ok=True)
     wanted = set(bench.ids)
     have = {i for i in done if i in wanted}
 
@@ -190,7 +203,7 @@ def evaluate(
             if case is not None:
                 chunk.append(case)
             if chunk and (case is None or len(chunk) == batch_size):
-                new = _score_chunk(editor, chunk, seed, folder if previews else None)
+                new = _score_chunk(editor, chunk, seed, folder, previews, save_outputs)
                 if folder is not None:
                     _append(folder / CASES_NAME, new)
                 done.update({r["id"]: r for r in new})
@@ -210,7 +223,8 @@ def evaluate(
     return results
 
 
-def _score_chunk(editor, chunk: list[BenchCase], seed: int, preview_folder: Path | None) -> list[dict]:
+def _score_chunk(editor, chunk: list[BenchCase], seed: int, folder: Path | None, previews: bool,
+                 save_outputs: bool) -> list[dict]:
     seeds = [case_seed(seed, c.id) for c in chunk]
     start = time.perf_counter()
     outputs = editor.edit(chunk, seeds)
@@ -230,12 +244,24 @@ def _score_chunk(editor, chunk: list[BenchCase], seed: int, preview_folder: Path
             "seconds": round(seconds, 6),
             **case_metrics(case, output),
         }
-        if preview_folder is not None:
+        if folder is not None and previews:
             from viva.io import write_image
 
-            write_image(preview_folder / PREVIEWS_NAME / f"{case.id}.png", preview_grid(case, output))
+            write_image(folder / PREVIEWS_NAME / f"{case.id}.png", preview_grid(case, output))
+        if folder is not None and save_outputs:
+            _save_output(folder / OUTPUTS_NAME, case.id, output)
         records.append(record)
     return records
+
+
+def _save_output(outputs: Path, case_id: str, frames: np.ndarray) -> None:
+    """outputs/<id>/NNNN.png, written into a temporary folder and swapped in (a rerun replaces it whole)."""
+    tmp = outputs / f".{case_id}.{secrets.token_hex(4)}.tmp"
+    try:
+        write_frames(tmp, frames)
+        replace_dir(tmp, outputs / case_id)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def build_results(bench: WorldBench, editor_info: dict, seed: int, records: list[dict]) -> dict:
@@ -262,11 +288,12 @@ def build_results(bench: WorldBench, editor_info: dict, seed: int, records: list
 
 
 def write_reports(results: dict, folder: str | os.PathLike) -> None:
-    """results.json, results.md and report.html into `folder` (each atomically)."""
-    from .report import html_report, markdown_report
+    """results.json, results.md, the chart PNGs (charts/) and report.html into `folder` (each atomically)."""
+    from .report import html_report, markdown_report, write_charts
 
     folder = Path(folder)
     atomic_write_bytes(folder / RESULTS_NAME, (json.dumps(results, indent=2) + "\n").encode())
     atomic_write_bytes(folder / TABLE_NAME, markdown_report(results).encode())
     previews = PREVIEWS_NAME if (folder / PREVIEWS_NAME).is_dir() else None
-    atomic_write_bytes(folder / REPORT_NAME, html_report(results, previews=previews).encode())
+    charts = write_charts(results, folder).name
+    atomic_write_bytes(folder / REPORT_NAME, html_report(results, previews=previews, charts=charts).encode())

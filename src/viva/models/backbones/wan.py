@@ -1,0 +1,317 @@
+"""Wan adapters: diffusers' `WanTransformer3DModel` / `AutoencoderKLWan` and a T5-family text encoder behind
+the editor's interfaces (`viva.models.interfaces`).
+
+    WanVAE        VideoAutoencoder: AutoencoderKLWan, latents = (mode - latents_mean) / latents_std
+    WanDenoiser   Denoiser: cat([noisy, source], channels) -> WanTransformer3DModel (in_channels = 2 z_dim),
+                  timestep sigma * 1000, condition tokens with padding zeroed (Wan attends to all of them)
+    T5Instructor  Instructor (text only): tokenizer + UMT5/T5 encoder, padded to max_sequence_length as
+                  WanPipeline does (real tokens, then zeros)
+    MaskedTokens  TokenRefiner without parameters: tokens * mask (the text-to-video path: the T5 states
+                  already live in the transformer's `text_dim` space)
+
+`widen_patch_embedding` turns a text-to-video transformer into a channel-concat editor: the patch embedding
+reads extra input channels whose weights start at ZERO, so at initialisation the editor computes exactly
+what the text-to-video model computes, whatever the source latents are (Lucy-Edit and VIVA's projector).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from viva.errors import VivaUserError
+from viva.models.interfaces import Denoiser, Instructor, InstructorOutput, TokenRefiner, VideoAutoencoder
+
+NUM_TRAIN_TIMESTEPS = 1000  # diffusers' FlowMatchEulerDiscreteScheduler: timestep = sigma * 1000
+
+
+# 0. viva model folders -----------------------------------------------------------------------------------
+# `save_editor` writes every component as config.json + model.safetensors. An adapter's config.json holds its
+# class name, the wrapped library config ("inner") and its own settings; from_pretrained rebuilds the wrapped
+# model from that config with random weights and loads model.safetensors strictly (safetensors' load_model,
+# which also handles tied weights such as T5's shared embedding).
+
+
+def _write_folder(module: nn.Module, directory, config: dict) -> Path:
+    from safetensors.torch import save_model
+
+    import viva
+
+    target = Path(directory)
+    target.mkdir(parents=True, exist_ok=True)
+    data = {"_class_name": type(module).__name__, "_viva_version": viva.__version__, **config}
+    save_model(module, str(target / "model.safetensors"), metadata={"format": "pt"})
+    (target / "config.json").write_text(json.dumps(data, indent=2, default=list) + "\n")
+    return target
+
+
+def _read_folder(cls, directory) -> dict:
+    folder = Path(directory)
+    for name in ("config.json", "model.safetensors"):
+        if not (folder / name).is_file():
+            raise VivaUserError(f"{cls.__name__} folder {folder} has no {name}; pass a model folder written by viva")
+    try:
+        data = json.loads((folder / "config.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise VivaUserError(f"{folder / 'config.json'} is not valid JSON ({e}); re-save the model") from None
+    if data.get("_class_name") != cls.__name__:
+        raise VivaUserError(f"{folder} holds a {data.get('_class_name')}, not a {cls.__name__}; re-save the model")
+    return data
+
+
+def _load_weights(module: nn.Module, directory) -> nn.Module:
+    from safetensors.torch import load_model
+
+    path = Path(directory) / "model.safetensors"
+    try:
+        missing, unexpected = load_model(module, str(path), strict=False)
+    except Exception as e:  # a corrupt file or a shape mismatch
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise VivaUserError(f"{path} does not fit its config.json ({first}); re-save the model") from None
+    if missing or unexpected:
+        raise VivaUserError(
+            f"{path} does not match its config.json (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
+            "re-save the model"
+        )
+    return module.eval()
+
+
+def _inner_config(model: nn.Module) -> dict:
+    return {k: v for k, v in dict(model.config).items() if not k.startswith("_")}
+
+
+# 1. Channel-concat conversion ----------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def widen_patch_embedding(
+    transformer: nn.Module, extra_channels: int | None = None, path: str = "patch_embedding"
+) -> nn.Module:
+    """Give the transformer's patch embedding (the Conv3d at dotted `path`: "patch_embedding" for Wan,
+    "x_embedder.proj" for HunyuanVideo) `extra_channels` more input channels (default: as many as it has,
+    for [noisy | source]) whose weights are zero; the old channels keep their weights and the bias is
+    unchanged, so the model's output does not depend on the new channels until they are trained. The
+    diffusers config is updated (in_channels widened, out_channels pinned to the old width), so
+    `save_pretrained` writes a folder that `from_pretrained` rebuilds. Returns the same transformer."""
+    parent_path, _, leaf = path.rpartition(".")
+    parent = transformer.get_submodule(parent_path) if parent_path else transformer
+    old = getattr(parent, leaf)
+    if not isinstance(old, nn.Conv3d):
+        raise TypeError(f"expected a Conv3d patch embedding, got {type(old).__name__}")
+    c_in = old.in_channels
+    extra = c_in if extra_channels is None else int(extra_channels)
+    if extra < 1:
+        raise ValueError(f"extra_channels must be >= 1, got {extra}")
+    new = nn.Conv3d(
+        c_in + extra, old.out_channels, kernel_size=old.kernel_size, stride=old.stride, padding=old.padding,
+        bias=old.bias is not None, device=old.weight.device, dtype=old.weight.dtype,
+    )
+    new.weight.zero_()
+    new.weight[:, :c_in].copy_(old.weight)
+    if old.bias is not None:
+        new.bias.copy_(old.bias)
+    new.weight.requires_grad_(old.weight.requires_grad)
+    setattr(parent, leaf, new)
+    config = getattr(transformer, "config", None)
+    if config is not None and hasattr(transformer, "register_to_config"):
+        out_channels = getattr(config, "out_channels", None) or c_in
+        transformer.register_to_config(in_channels=c_in + extra, out_channels=out_channels)
+    return transformer
+
+
+# 2. VAE ---------------------------------------------------------------------------------------------------
+
+
+class WanVAE(VideoAutoencoder):
+    """AutoencoderKLWan with its latent normalisation: encode -> (mode - mean) / std; decode -> the VAE's
+    decoder of (z * std + mean). Pixels [B,3,T,H,W] in [-1,1], T = 1 + 4k; latents [B,z_dim,1 + k,H/8,W/8]."""
+
+    def __init__(self, vae: nn.Module):
+        super().__init__()
+        self.model = vae
+        cfg = vae.config
+        self.latent_channels = int(cfg.z_dim)
+        self.spatial_factor = int(getattr(cfg, "scale_factor_spatial", None) or 2 ** len(cfg.temperal_downsample))
+        self.temporal_factor = int(getattr(cfg, "scale_factor_temporal", None) or 2 ** sum(cfg.temperal_downsample))
+        shape = (1, self.latent_channels, 1, 1, 1)
+        self.register_buffer("latents_mean", torch.tensor(cfg.latents_mean, dtype=torch.float32).view(shape), persistent=False)
+        self.register_buffer("latents_std", torch.tensor(cfg.latents_std, dtype=torch.float32).view(shape), persistent=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def save_pretrained(self, directory) -> Path:
+        return _write_folder(self, directory, {"inner": _inner_config(self.model)})
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, dtype=None) -> "WanVAE":
+        from diffusers import AutoencoderKLWan
+
+        data = _read_folder(cls, directory)
+        model = _load_weights(cls(AutoencoderKLWan.from_config(data["inner"])), directory)
+        return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
+
+    def encode(self, video: torch.Tensor) -> torch.Tensor:
+        z = self.model.encode(video.to(self.dtype)).latent_dist.mode()
+        mean, std = self.latents_mean.to(z.dtype), self.latents_std.to(z.dtype)
+        return ((z - mean) * (1.0 / std)).float()
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        z = latents.to(self.dtype)
+        mean, std = self.latents_mean.to(z.dtype), self.latents_std.to(z.dtype)
+        z = z / (1.0 / std) + mean  # the same arithmetic as WanPipeline / LucyEditPipeline
+        return self.model.decode(z, return_dict=False)[0].float()
+
+
+# 3. Denoiser ----------------------------------------------------------------------------------------------
+
+
+class WanDenoiser(Denoiser):
+    """WanTransformer3DModel as the editing DiT. Its patch embedding reads [noisy | source] (2 z_dim
+    channels; see `widen_patch_embedding`); condition tokens [B,L,text_dim] enter its text embedder with
+    padding positions zeroed (the Wan transformer has no text attention mask; WanPipeline also feeds zero
+    padding), so a dropped instruction is an all-zero sequence."""
+
+    def __init__(self, transformer: nn.Module):
+        super().__init__()
+        self.transformer = transformer
+        cfg = transformer.config
+        self.latent_channels = int(cfg.out_channels or cfg.in_channels)
+        if int(cfg.in_channels) != 2 * self.latent_channels:
+            raise ValueError(
+                f"WanDenoiser needs a channel-concat transformer (in_channels = 2 x {self.latent_channels}), got "
+                f"in_channels {cfg.in_channels}; widen it with widen_patch_embedding"
+            )
+        self.cond_dim = int(cfg.text_dim)
+
+    def save_pretrained(self, directory) -> Path:
+        return _write_folder(self, directory, {"inner": _inner_config(self.transformer)})
+
+    @classmethod
+    def skeleton(cls, data: dict) -> "WanDenoiser":
+        """The module tree from a saved config.json (no weights loaded; e.g. under torch.device("meta"))."""
+        from diffusers import WanTransformer3DModel
+
+        return cls(WanTransformer3DModel.from_config(data["inner"]))
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, dtype=None) -> "WanDenoiser":
+        data = _read_folder(cls, directory)
+        model = _load_weights(cls.skeleton(data), directory)
+        return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.transformer, "gradient_checkpointing", False))
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        if value:
+            self.transformer.enable_gradient_checkpointing()
+        elif self.gradient_checkpointing:
+            self.transformer.disable_gradient_checkpointing()
+
+    def forward(self, noisy, source, tokens, token_mask, timestep):
+        """noisy/source [B,C,T,h,w]; tokens [B,L,text_dim]; token_mask [B,L]; timestep [B] in [0,1]."""
+        dtype = self.transformer.dtype
+        # 1. Channel concat: noisy first, as LucyEditPipeline does.
+        x = torch.cat([noisy, source.to(noisy.dtype)], dim=1).to(dtype)
+        # 2. Text: padding positions are zeros (what WanPipeline feeds), dropped instructions all zeros.
+        text = (tokens * token_mask.unsqueeze(-1).to(tokens.dtype)).to(dtype)
+        # 3. Time on the scheduler's 0..1000 scale.
+        t = timestep.to(x.device, torch.float32).expand(x.shape[0]) * NUM_TRAIN_TIMESTEPS
+        out = self.transformer(hidden_states=x, timestep=t, encoder_hidden_states=text, return_dict=False)[0]
+        return out.to(noisy.dtype)
+
+
+# 4. Text conditioning -------------------------------------------------------------------------------------
+
+
+def clean_prompt(text: str) -> str:
+    """WanPipeline's prompt cleaning (html unescape twice, whitespace collapse; ftfy.fix_text first when
+    ftfy is installed, as WanPipeline does)."""
+    try:
+        import ftfy
+
+        text = ftfy.fix_text(text)
+    except ImportError:
+        pass
+    text = html.unescape(html.unescape(text)).strip()
+    return re.sub(r"\s+", " ", text).strip()
+
+
+T5_ENCODERS = ("UMT5EncoderModel", "T5EncoderModel")
+
+
+class T5Instructor(Instructor):
+    """A T5-family text encoder (UMT5 for Wan / Lucy-Edit) as a text-only instructor: tokens padded or cut
+    to `max_sequence_length`, encoder states of the real tokens, zeros after them (WanPipeline's layout).
+    The images are ignored."""
+
+    def __init__(self, tokenizer, encoder: nn.Module, max_sequence_length: int = 512):
+        super().__init__()
+        self.tokenizer = tokenizer
+        self.encoder = encoder
+        self.max_sequence_length = int(max_sequence_length)
+        self.hidden_size = int(encoder.config.d_model)
+
+    def save_pretrained(self, directory) -> Path:
+        target = _write_folder(
+            self, directory,
+            {"encoder_class": type(self.encoder).__name__, "inner": self.encoder.config.to_dict(),
+             "max_sequence_length": self.max_sequence_length},
+        )
+        self.tokenizer.save_pretrained(str(target / "tokenizer"))
+        return target
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, dtype=None) -> "T5Instructor":
+        import transformers
+        from transformers import AutoTokenizer
+
+        data = _read_folder(cls, directory)
+        name = data.get("encoder_class")
+        if name not in T5_ENCODERS:
+            raise VivaUserError(f"{directory}: unknown text encoder {name!r}; known: {', '.join(T5_ENCODERS)}")
+        config_class = getattr(transformers, name.replace("EncoderModel", "Config"))
+        inner = {k: v for k, v in data["inner"].items() if k not in ("transformers_version", "architectures")}
+        encoder = getattr(transformers, name)(config_class(**inner))
+        folder = Path(directory) / "tokenizer"
+        if not folder.is_dir():
+            raise VivaUserError(f"{directory} has no tokenizer/ folder; re-save the model")
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        model = _load_weights(cls(tokenizer, encoder, data.get("max_sequence_length", 512)), directory)
+        return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
+
+    def forward(self, instructions, first_frames=None, references=None) -> InstructorOutput:
+        device = next(self.encoder.parameters()).device
+        batch = self.tokenizer(
+            [clean_prompt(t) for t in instructions], padding="max_length", max_length=self.max_sequence_length,
+            truncation=True, add_special_tokens=True, return_attention_mask=True, return_tensors="pt",
+        )
+        ids, mask = batch.input_ids.to(device), batch.attention_mask.to(device)
+        states = self.encoder(ids, mask).last_hidden_state
+        keep = mask.bool()
+        return InstructorOutput(tokens=states * keep.unsqueeze(-1).to(states.dtype), mask=keep)
+
+
+class MaskedTokens(TokenRefiner):
+    """The identity refiner of the text-to-video path: tokens with padding zeroed, no parameters."""
+
+    def save_pretrained(self, directory) -> Path:
+        return _write_folder(self, directory, {})
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, dtype=None) -> "MaskedTokens":
+        _read_folder(cls, directory)
+        return cls()
+
+    def forward(self, tokens, mask, timestep=None):
+        return tokens * mask.unsqueeze(-1).to(tokens.dtype)
