@@ -144,6 +144,9 @@ def test_interrupt_leaves_no_dataset(tmp_path):
         [sys.executable, "-m", "viva", "data", "generate", "--out", str(out), "--num", "100000",
          "--shard-size", "2", "--frames", "2", "--size", "32", "--no-progress"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        # A shell's background job (e.g. `make test &`) runs with SIGINT ignored, which children inherit and
+        # Python then respects; give the child the default disposition, as a terminal's foreground job has.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60
