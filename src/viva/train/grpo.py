@@ -67,7 +67,7 @@ from ..errors import VivaUserError
 from .harness import RUNTIME_KEYS, OptimConfig, RunConfig, TrainingRun, write_json
 from .lora import DenoiserLoRA, LoraSettings
 from .runtime import RunLogger, step_generator
-from .world_data import PairSource, StepBatchSampler, WorldDataConfig, auto_workers, coerce_numbers
+from .world_data import PairSource, StepBatchSampler, WorldDataConfig, auto_workers, coerce_numbers, ignore_stop_signals
 
 __all__ = [
     "RolloutConfig",
@@ -566,6 +566,7 @@ class GRPOTrainingRun(TrainingRun):
             num_workers=workers,
             collate_fn=collate,
             prefetch_factor=2 if workers else None,
+            worker_init_fn=ignore_stop_signals,  # a stop sent to the process group reaches the main process only
         )
 
     def step_losses(self, batch):

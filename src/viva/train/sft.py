@@ -433,7 +433,7 @@ class SFTTrainingRun(TrainingRun):
         return pool
 
     def make_loader(self, start: int, stop: int):
-        from .world_data import auto_workers
+        from .world_data import auto_workers, ignore_stop_signals
 
         workers = auto_workers(self.train.num_workers)
         sampler = SFTBatchSampler(
@@ -446,6 +446,7 @@ class SFTTrainingRun(TrainingRun):
             collate_fn=collate_sft,
             pin_memory=self.device.type == "cuda",
             prefetch_factor=2 if workers else None,  # 2 batches per worker: big video batches live in /dev/shm
+            worker_init_fn=ignore_stop_signals,  # a stop sent to the process group reaches the main process only
         )
 
     def compute_loss(self, batch):
