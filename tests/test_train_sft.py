@@ -196,21 +196,23 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(config_file, tmp_path):
 
 
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(config_file, tmp_path):
+    """SIGTERM to the whole process group (as `timeout` or a job scheduler sends it), a DataLoader worker
+    included: the worker ignores it, the main process checkpoints and exits 143."""
     run = tmp_path / "run"
     args = [sys.executable, "-m", "viva", "train", "sft", "--config", str(config_file), "--out", str(run),
-            "--no-progress", "train.steps=500", "train.checkpoint_every=1000"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            "--no-progress", "train.steps=500", "train.checkpoint_every=1000", "train.num_workers=1"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 60
         metrics = run / "metrics.jsonl"
         while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
             assert proc.poll() is None, proc.communicate()[1]
             time.sleep(0.05)
-        proc.send_signal(signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == 143, stderr
     assert "stopped by signal" in stderr
     step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
