@@ -96,6 +96,13 @@ def test_resume_is_exact_and_config_changes_are_refused(tmp_path, capsys):
     assert main(["train", "vae", "--no-progress", "--out", str(resumed), *overrides, "optim.lr=2e-3"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another config" in err[0] and "optim.lr" in err[0]
+    # A run started before a config field existed resumes when the field is at its default (old behaviour),
+    # and is refused when it is not.
+    stored = (resumed / "config.yaml").read_text()
+    assert "  edge_weight: 0.0\n" in stored
+    (resumed / "config.yaml").write_text(stored.replace("  edge_weight: 0.0\n", ""))
+    assert main(["train", "vae", "--no-progress", "--out", str(resumed), *overrides, "loss.edge_weight=0.5"]) == 2
+    assert "loss.edge_weight (None -> 0.5)" in capsys.readouterr().err
     assert main(["train", "vae", "--no-progress", "--out", str(resumed), *overrides, "train.num_workers=1"]) == 0
     assert "resuming" in capsys.readouterr().err
     assert losses(resumed) == losses(straight)

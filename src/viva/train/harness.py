@@ -274,7 +274,12 @@ class TrainingRun:
         if latest_checkpoint(self.run_dir) is not None and path.is_file():
             stored = yaml.safe_load(path.read_text()) or {}
             a, b = _flatten(stored), _flatten(json.loads(json.dumps(current)))
-            changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in self.runtime_keys)
+            # A field added to the config after the run started is fine at its default (the old behaviour).
+            defaults = _flatten(json.loads(json.dumps(to_dict(type(self.config)()))))
+            changed = sorted(
+                k for k in set(a) | set(b)
+                if a.get(k) != b.get(k) and k not in self.runtime_keys and not (k not in a and b[k] == defaults.get(k))
+            )
             if changed:
                 shown = ", ".join(f"{k} ({a.get(k)!r} -> {b.get(k)!r})" for k in changed[:4])
                 raise VivaUserError(
