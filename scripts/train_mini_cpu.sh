@@ -1,26 +1,26 @@
 #!/usr/bin/env bash
 # The mini model's training chain on a CPU (2 cores), exactly as run for the first trained model.
 # Each stage resumes from its last checkpoint when re-run with the same command (a finished stage is
-# skipped: its exported folder exists). Usage:  scripts/train_mini_cpu.sh [RUNS_DIR]
+# skipped: its last checkpoint exists; a partial `--export` does not count as finished). Usage:  scripts/train_mini_cpu.sh [RUNS_DIR]
 # Stages 1 and 2 are independent and were run side by side, one core each.
 set -euo pipefail
 RUNS=${1:-runs}
 VIVA=${VIVA:-.venv/bin/viva}
 
 # 1. VAE (frame-wise, 16 pairs x 8 frames per step): ~1.5 s/step on one busy core.
-[ -d "$RUNS/vae/vae" ] || $VIVA train vae --config configs/vae_mini.yaml --out "$RUNS/vae" --device cpu \
+[ -d "$RUNS/vae/checkpoints/step-00002500" ] || $VIVA train vae --config configs/vae_mini.yaml --out "$RUNS/vae" --device cpu \
   train.steps=2500 train.batch_size=16 train.num_workers=1 train.cpu_threads=1 train.checkpoint_every=250 \
   train.log_every=50 eval.num_pairs=64 eval.scale_batches=4
 
 # 2. Instructor pre-training: 2x2-pooled image tokens (16 per image), MiniLM's layers fine-tuned (the
 #    embeddings stay frozen), batch 32: ~1 s/step on one busy core.
-[ -d "$RUNS/instructor/instructor" ] || $VIVA train instructor --config configs/instructor_mini.yaml \
-  --out "$RUNS/instructor" --device cpu model.image_token_pool=2 model.train_language_model=true \
+[ -d "$RUNS/instructor/checkpoints/step-00003000" ] || $VIVA train instructor --config configs/instructor_mini.yaml \
+  --out "$RUNS/instructor" --device cpu model.image_token_pool=2 model.image_token_positions=false model.train_language_model=true \
   optim.language_model_lr=1.0e-4 optim.warmup_steps=200 train.steps=3000 train.batch_size=32 \
   train.num_workers=1 train.cpu_threads=1 train.checkpoint_every=250
 
 # 3. Editor SFT on both cores, batch 32 (0.6 image / 0.4 video batches).
-[ -d "$RUNS/sft/model" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft" --device cpu \
+[ -d "$RUNS/sft/checkpoints/step-00008000" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft" --device cpu \
   model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
   train.steps=8000 train.batch_size=32 optim.warmup_steps=300 train.num_workers=1 train.cpu_threads=2 \
   train.checkpoint_every=250 train.sample_every=1000 train.log_every=50
