@@ -323,6 +323,18 @@ class TrainingRun:
 
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> int:
+        """Train (resuming from the newest checkpoint), then evaluate and export; returns the exit code."""
+        try:
+            return self._run()
+        finally:
+            # Tear the process group down before the interpreter exits: a gloo group left to the C++
+            # static destructors can abort the process ("terminate called without an active exception").
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.destroy_process_group()
+
+    def _run(self) -> int:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise VivaUserError(f"--out {self.run_dir} is a file; give a folder for the run")

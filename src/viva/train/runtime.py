@@ -17,15 +17,6 @@ import torch
 from torch import nn
 
 
-def make_accelerator(mixed_precision: str = "bf16", cpu: bool | None = None):
-    """An `accelerate.Accelerator`; bf16 autocast works on CPU too. cpu=None: CPU when no CUDA."""
-    from accelerate import Accelerator
-
-    if cpu is None:
-        cpu = not torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision, cpu=cpu)
-
-
 def step_generator(seed: int, step: int, rank: int = 0, stream: str = "") -> torch.Generator:
     """A CPU generator determined by (seed, step, rank, stream): a resumed run draws the same numbers."""
     key = zlib.crc32(f"{seed}/{step}/{rank}/{stream}".encode())
