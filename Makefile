@@ -19,10 +19,7 @@ $(STAMP): $(BIN)/python pyproject.toml constraints.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/viva data generate --out $(DEMO_OUT)/pairs --num 12 --seed 0 --workers 2 --shard-size 12 --overwrite
-	$(BIN)/viva data show $(DEMO_OUT)/pairs --index 0 -o $(DEMO_OUT)/preview.png
-	$(BIN)/viva data show $(DEMO_OUT)/pairs --index 0 -o $(DEMO_OUT)/preview.gif
-	@echo "demo: preview written to $(DEMO_OUT)/preview.png and $(DEMO_OUT)/preview.gif"
+	$(BIN)/viva demo --out $(DEMO_OUT)
 
 # Debian's Chromium for the browser tests (tests/test_app.py, tests/test_eval_report.py drive it with Playwright's Python
 # package; Playwright never downloads a browser). Installed with apt when missing and apt can be used (as root);

@@ -14,7 +14,6 @@ non-loopback host; both lists must stay empty.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -432,14 +431,3 @@ def test_handler_fits_inputs_and_reports_errors_without_raising(tmp_path):
     finally:
         editor.close()
     assert not editor.work.exists()
-
-
-def test_bundled_samples_are_tiny_and_readable():
-    samples = load_samples()
-    assert [s.name for s in samples] == ["recolor", "remove", "add_from_reference"]
-    assert sum(p.stat().st_size for p in SAMPLES_DIR.iterdir()) < 64 * 1024
-    for sample in samples:
-        frames, info = read_video(sample.video)
-        assert frames.shape == (8, 64, 64, 3) and info.fps == pytest.approx(8.0)
-        assert sample.instruction
-    assert samples[2].reference is not None and json.loads((SAMPLES_DIR / "samples.json").read_text())

@@ -29,7 +29,6 @@ from __future__ import annotations
 import errno
 import html
 import itertools
-import json
 import math
 import os
 import re
@@ -46,6 +45,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from viva.errors import VivaUserError
+from viva.samples import SAMPLES_DIR, Sample, load_samples
 
 if TYPE_CHECKING:
     import gradio as gr
@@ -54,7 +54,6 @@ if TYPE_CHECKING:
     from viva.pipeline import VivaPipeline
 
 MIB = 2**20
-SAMPLES_DIR = Path(__file__).parent / "assets" / "samples"
 REFERENCE_TYPES = (".png", ".jpg", ".jpeg", ".webp")
 DISPLAY_MIN_SIDE = 256  # small model outputs are shown upscaled (nearest) to at least this many pixels
 KEEP_RESULTS = 32  # result folders kept on disk (Gradio copies what it serves into its own cache)
@@ -210,34 +209,6 @@ def check_settings(
         float(_number("video guidance", video_guidance, 0.0, limits.max_guidance, whole=False)),
         int(_number("seed", seed, 0, 2**63 - 1, whole=True)),
     )
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Samples
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sample:
-    """A bundled clip with an instruction (and a reference image) that suits it."""
-
-    name: str
-    video: Path
-    instruction: str
-    reference: Path | None = None
-
-
-def load_samples(folder: str | os.PathLike = SAMPLES_DIR) -> list[Sample]:
-    """The samples listed in FOLDER/samples.json (written by scripts/make_app_samples.py); [] if none."""
-    folder = Path(folder)
-    index = folder / "samples.json"
-    if not index.is_file():
-        return []
-    samples = []
-    for entry in json.loads(index.read_text()):
-        reference = folder / entry["reference"] if entry.get("reference") else None
-        samples.append(Sample(entry["name"], folder / entry["video"], entry["instruction"], reference))
-    return [s for s in samples if s.video.is_file() and (s.reference is None or s.reference.is_file())]
 
 
 # ---------------------------------------------------------------------------------------------------------

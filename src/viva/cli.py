@@ -5,6 +5,7 @@
     viva data show DIR --index I -o preview.png
     viva train vae | instructor | probe | sft [--config YAML] [--out RUN] [KEY=VALUE ...]
     viva train grpo --init MODEL_DIR --prompts SPEC [--config YAML] [--out RUN] [KEY=VALUE ...]
+    viva demo [--out DIR]
     viva edit INPUT -i "instruction" -o OUT.mp4 [--ref IMG] [--preview PNG] [--model DIR] [--steps N] ...
     viva eval (--model DIR | --baseline identity|ground_truth | --outputs DIR | --export-bench DIR) [--cases N] ...
     viva app [--host 127.0.0.1] [--port 7860] [--model DIR] [--share]
@@ -272,7 +273,8 @@ def add_edit_command(commands) -> None:
                       help="reference image (PNG, JPEG, WebP) to take the look of new content from")
     edit.add_argument("--preview", metavar="PNG",
                       help="also write a source | result (| reference) grid, one row per frame")
-    edit.add_argument("--model", metavar="DIR", help="model folder (from training or save_pretrained)")
+    edit.add_argument("--model", metavar="DIR",
+                      help="model folder (from training or save_pretrained; default: the bundled default model)")
     edit.add_argument("--preset", metavar="NAME",
                       help="full-scale backbone preset instead of --model: wan-t2v, lucy-edit, wan-qwen or hunyuan-llava "
                       "(docs/backbones.md; VLM presets read WEIGHTS/vlm)")
@@ -370,6 +372,8 @@ def cmd_edit(args) -> int:
         model = args.model if args.model is not None else default_model_path()
         if model is None:
             raise VivaUserError("no --model given and no bundled model; pass --model DIR")
+        if args.model is None:
+            print(f"using the bundled default model ({model}); --model DIR for another")
         index = check_model_folder(model)
     else:
         index = {"editor": {"height": preset[1][0], "width": preset[1][1], "num_frames": preset[1][2]}}
@@ -451,6 +455,35 @@ def cmd_edit(args) -> int:
     if args.preview is not None:
         print(f"wrote {args.preview} (preview)")
     return 0
+
+
+# viva demo ------------------------------------------------------------------------------------------
+
+
+def add_demo_command(commands) -> None:
+    """`viva demo [--out DIR] [--model DIR] ...`: edit the bundled sample clips (viva.demo)."""
+    demo = commands.add_parser(
+        "demo",
+        help="edit the bundled sample clips with the bundled model; write the videos and a preview",
+        description="Edit each bundled sample clip (a recolor, a remove, a reference-based add, a replace "
+        "and a hybrid instruction) with the bundled default model (or --model), write OUT/<sample>.mp4 and "
+        "OUT/preview.png (source above edited, per sample), and print the world verifier's verdict on each.",
+    )
+    demo.add_argument("--out", default="outputs/demo", metavar="DIR", help="output folder (default outputs/demo)")
+    demo.add_argument("--model", metavar="DIR", help="model folder (default: the bundled default model)")
+    demo.add_argument("--steps", type=_whole_number, metavar="N", help="denoising steps (default: the model's)")
+    demo.add_argument("--seed", type=_whole_number, default=0, metavar="S", help="noise seed (default 0)")
+    demo.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                      help="compute precision (default float32)")
+    demo.add_argument("--threads", type=_whole_number, metavar="N", help="CPU threads for torch")
+    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    demo.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args) -> int:
+    from .demo import cmd_demo as run
+
+    return run(args)
 
 
 # viva train -----------------------------------------------------------------------------------------
@@ -757,6 +790,7 @@ def build_parser() -> ArgumentParser:
     add_data_commands(commands)
     add_train_commands(commands)
     add_edit_command(commands)
+    add_demo_command(commands)
     add_eval_command(commands)
     add_judge_command(commands)
     add_ablate_command(commands)

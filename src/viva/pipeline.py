@@ -67,8 +67,9 @@ def component_registry() -> dict[str, type]:
     return {cls.__name__: cls for cls in classes}
 
 
-def save_editor(editor, directory: str | os.PathLike) -> Path:
-    """Write `editor` (a VivaEditor) as a model folder, atomically (temp folder, then rename)."""
+def save_editor(editor, directory: str | os.PathLike, dtype=None) -> Path:
+    """Write `editor` (a VivaEditor) as a model folder, atomically (temp folder, then rename). dtype: store
+    the weights in this torch dtype (e.g. torch.float16 for a small bundled model); None: as they are."""
     target = Path(directory)
     if target.exists() and not target.is_dir():
         raise VivaUserError(f"cannot save model to {target}: it is a file; give a folder path")
@@ -79,7 +80,8 @@ def save_editor(editor, directory: str | os.PathLike) -> Path:
         index = {"_class_name": "VivaPipeline", "editor": editor.config.to_dict()}
         for name in COMPONENTS:
             module = getattr(editor, name)
-            module.save_pretrained(tmp / name)
+            # (full-scale backbones save their weights as loaded: they take no dtype)
+            module.save_pretrained(tmp / name, **({} if dtype is None else {"dtype": dtype}))
             index[name] = type(module).__name__
         (tmp / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         replace_dir(tmp, target)

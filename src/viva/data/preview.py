@@ -66,7 +66,7 @@ def wrap_text(text: str, font, width: int) -> list[str]:
     return lines
 
 
-def _upscale(image: np.ndarray, scale: int) -> np.ndarray:
+def upscale(image: np.ndarray, scale: int) -> np.ndarray:
     return image.repeat(scale, axis=0).repeat(scale, axis=1)
 
 
@@ -74,7 +74,7 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return np.repeat(image[..., None], 3, axis=-1) if image.ndim == 2 else image
 
 
-def _fit(image: np.ndarray, height: int, width: int) -> np.ndarray:
+def fit_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize (nearest) to fit inside height x width keeping the aspect ratio, centred on BACKGROUND."""
     h, w = image.shape[:2]
     factor = min(height / h, width / w)
@@ -95,10 +95,15 @@ def frame_rows(num_frames: int, max_rows: int) -> list[int]:
 
 
 def _header(pair: EditPair, width: int, extra: str = "") -> np.ndarray:
-    """The text block above the grid: category label (+ `extra`), then the wrapped instruction."""
-    font = _font()
+    """The text block above a pair's grid: category label (+ `extra`), then the wrapped instruction."""
     label = f"[{pair.category}]" + (" held-out phrasing" if pair.held_out else "") + (f"  {extra}" if extra else "")
-    lines = wrap_text(pair.instruction, font, width - 2 * MARGIN)
+    return text_block(label, pair.instruction, width)
+
+
+def text_block(label: str, text: str, width: int) -> np.ndarray:
+    """uint8 [H', width, 3]: `label` on the first line (in the label colour), then `text` word-wrapped."""
+    font = _font()
+    lines = wrap_text(text, font, width - 2 * MARGIN)
     line_h = _line_height(font)
     height = MARGIN + line_h * (1 + len(lines)) + MARGIN
     image = Image.new("RGB", (width, height), BACKGROUND)
@@ -109,7 +114,7 @@ def _header(pair: EditPair, width: int, extra: str = "") -> np.ndarray:
     return np.asarray(image)
 
 
-def _titles(names: list[str], cell_w: int) -> np.ndarray:
+def title_row(names: list[str], cell_w: int) -> np.ndarray:
     font = _font()
     width = len(names) * cell_w + (len(names) + 1) * GAP
     image = Image.new("RGB", (width, _line_height(font) + GAP), BACKGROUND)
@@ -120,7 +125,7 @@ def _titles(names: list[str], cell_w: int) -> np.ndarray:
     return np.asarray(image)
 
 
-def _grid(rows: list[list[np.ndarray]], cell_h: int, cell_w: int) -> np.ndarray:
+def grid_image(rows: list[list[np.ndarray]], cell_h: int, cell_w: int) -> np.ndarray:
     """Cells [cell_h, cell_w, 3] arranged in rows with GAP pixels around them."""
     ncols = max(len(r) for r in rows)
     height = len(rows) * cell_h + (len(rows) + 1) * GAP
@@ -134,7 +139,7 @@ def _grid(rows: list[list[np.ndarray]], cell_h: int, cell_w: int) -> np.ndarray:
     return out
 
 
-def _stack(parts: list[np.ndarray]) -> np.ndarray:
+def stack_images(parts: list[np.ndarray]) -> np.ndarray:
     width = max(p.shape[1] for p in parts)
     padded = []
     for p in parts:
@@ -157,15 +162,15 @@ def render_preview(pair: EditPair, scale: int = 3, max_rows: int = 8) -> np.ndar
     names = ["source", "target", "mask"] + (["reference"] if pair.reference is not None else [])
     rows = []
     for i, f in enumerate(frame_rows(t, max_rows)):
-        row = [_upscale(pair.source[f], scale), _upscale(pair.target[f], scale), _upscale(_rgb(pair.mask[f]), scale)]
+        row = [upscale(pair.source[f], scale), upscale(pair.target[f], scale), upscale(_rgb(pair.mask[f]), scale)]
         if pair.reference is not None:
             if i == 0:
-                row.append(_fit(pair.reference, cell_h, cell_w))
+                row.append(fit_image(pair.reference, cell_h, cell_w))
             else:
                 row.append(np.full((cell_h, cell_w, 3), BACKGROUND, dtype=np.uint8))
         rows.append(row)
-    grid = _grid(rows, cell_h, cell_w)
-    return _stack([_header(pair, grid.shape[1]), _titles(names, cell_w), grid])
+    grid = grid_image(rows, cell_h, cell_w)
+    return stack_images([_header(pair, grid.shape[1]), title_row(names, cell_w), grid])
 
 
 def render_preview_frames(pair: EditPair, scale: int = 3) -> np.ndarray:
@@ -175,10 +180,10 @@ def render_preview_frames(pair: EditPair, scale: int = 3) -> np.ndarray:
     names = ["source", "target", "mask"]
     frames = []
     for f in range(t):
-        row = [_upscale(pair.source[f], scale), _upscale(pair.target[f], scale), _upscale(_rgb(pair.mask[f]), scale)]
-        grid = _grid([row], h * scale, w * scale)
+        row = [upscale(pair.source[f], scale), upscale(pair.target[f], scale), upscale(_rgb(pair.mask[f]), scale)]
+        grid = grid_image([row], h * scale, w * scale)
         header = _header(pair, grid.shape[1], extra=f"frame {f + 1}/{t}")
-        frames.append(_stack([header, _titles(names, w * scale), grid]))
+        frames.append(stack_images([header, title_row(names, w * scale), grid]))
     height = max(fr.shape[0] for fr in frames)
     return np.stack([np.pad(fr, ((0, height - fr.shape[0]), (0, 0), (0, 0))) for fr in frames])
 

@@ -98,8 +98,10 @@ class PretrainedMixin:
         from its package) leaves those out."""
         return {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
 
-    def save_pretrained(self, save_directory: str | os.PathLike) -> Path:
-        """Write config.json + model.safetensors into `save_directory` (created, or updated in place)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> Path:
+        """Write config.json + model.safetensors into `save_directory` (created, or updated in place).
+        dtype: store floating-point weights in this dtype (e.g. torch.float16 halves the file; loading casts
+        them back to the model's dtype); None keeps them as they are."""
         target = Path(save_directory)
         if target.exists() and not target.is_dir():
             raise VivaUserError(f"cannot save model to {target}: it is a file; give a folder path")
@@ -113,8 +115,12 @@ class PretrainedMixin:
         try:
             config = self.config.to_dict()
             config = {"_class_name": type(self).__name__, "_viva_version": viva.__version__, **config}
+            state = self.own_state_dict()
+            if dtype is not None:
+                state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+                config["_weights_dtype"] = str(dtype).removeprefix("torch.")
             (tmp / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-            save_file(self.own_state_dict(), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+            save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
             if not target.exists():
                 os.replace(tmp, target)
             else:

@@ -249,10 +249,6 @@ INSTRUCTOR_HINT = (
 )
 
 
-def _upscale(image: np.ndarray, scale: int) -> np.ndarray:
-    return image.repeat(scale, axis=0).repeat(scale, axis=1)
-
-
 # The run -------------------------------------------------------------------------------------------------
 
 
@@ -551,7 +547,7 @@ class SFTTrainingRun(TrainingRun):
         its category and instruction, then one row per frame of source | result | target (| reference)."""
         from PIL import Image
 
-        from ..data.preview import _grid, _header, _stack, _titles
+        from ..data.preview import _header, fit_image, grid_image, stack_images, title_row, upscale
         from ..io.atomic import atomic_write_bytes
 
         editor = self._preview_editor(ema)
@@ -579,22 +575,13 @@ class SFTTrainingRun(TrainingRun):
             for f in range(t):
                 row = [pair.source[f], result[f], pair.target[f]]
                 if pair.reference is not None:
-                    row.append(_cell(pair.reference, h, w) if f == 0 else np.zeros((h, w, 3), np.uint8))
-                rows.append([_upscale(cell, scale) for cell in row])
-            grid = _grid(rows, h * scale, w * scale)
-            blocks += [_header(pair, grid.shape[1], extra=f"step {step}"), _titles(names, w * scale), grid]
+                    row.append(fit_image(pair.reference, h, w) if f == 0 else np.zeros((h, w, 3), np.uint8))
+                rows.append([upscale(cell, scale) for cell in row])
+            grid = grid_image(rows, h * scale, w * scale)
+            blocks += [_header(pair, grid.shape[1], extra=f"step {step}"), title_row(names, w * scale), grid]
         buf = io.BytesIO()
-        Image.fromarray(_stack(blocks)).save(buf, format="PNG")
+        Image.fromarray(stack_images(blocks)).save(buf, format="PNG")
         path = self.run_dir / "samples" / f"step-{step:08d}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buf.getvalue())
         return path
-
-
-def _cell(image: np.ndarray, h: int, w: int) -> np.ndarray:
-    """`image` resized (nearest) to h x w."""
-    from PIL import Image
-
-    if image.shape[:2] == (h, w):
-        return image
-    return np.asarray(Image.fromarray(image).resize((w, h), Image.NEAREST))

@@ -1,9 +1,11 @@
-"""Write the bundled sample clips of `viva app` (src/viva/assets/samples/): a few 64x64, 8-frame world
-clips (H.264 mp4, a few KB each), a reference image, and samples.json naming each clip's instruction.
+"""Write the bundled sample clips (src/viva/assets/samples/) that `viva demo` edits and `viva app` offers:
+64x64, 8-frame world clips (H.264 mp4, a few KB each), a reference image where the edit needs one, and
+samples.json naming each clip's instruction and its ground truth (source scene + instruction program, so
+the demo can verify its edits).
 
-    .venv/bin/python scripts/make_app_samples.py [OUT_DIR]
+    .venv/bin/python scripts/make_samples.py [OUT_DIR]
 
-Deterministic: the clips are `viva.data.make_pair(seed, index, category)` sources, so the same command
+Deterministic: the clips are `viva.data.make_pair(seed, 0, category)` sources, so the same command
 writes the same pictures (the mp4 bytes may differ across encoder versions).
 """
 
@@ -15,9 +17,16 @@ from pathlib import Path
 
 from viva.data.generate import make_pair
 from viva.io import write_image, write_video
+from viva.world import program_to_list
 
 # (file stem, category, dataset seed): chosen so that the instructions read naturally.
-SAMPLES = [("recolor", "color", 7), ("remove", "remove", 7), ("add_from_reference", "ref_add", 7)]
+SAMPLES = [
+    ("recolor", "color", 7),
+    ("remove", "remove", 7),
+    ("add_from_reference", "ref_add", 7),
+    ("replace", "replace", 7),
+    ("hybrid", "hybrid", 9),
+]
 
 
 def main(out: Path) -> None:
@@ -30,8 +39,13 @@ def main(out: Path) -> None:
         if pair.reference is not None:
             write_image(out / f"{stem}_reference.png", pair.reference)
             entry["reference"] = f"{stem}_reference.png"
+        entry["world"] = {
+            "category": pair.category,
+            "scene": pair.source_scene.to_dict(),
+            "program": program_to_list(pair.program),
+        }
         entries.append(entry)
-    (out / "samples.json").write_text(json.dumps(entries, indent=2) + "\n")
+    (out / "samples.json").write_text(json.dumps(entries, indent=1) + "\n")
     for path in sorted(out.iterdir()):
         print(f"{path} ({path.stat().st_size} bytes)")
 
