@@ -87,7 +87,6 @@ BAD = {
     "missing model": (["in.mp4", "-i", "x", "--model", "nomodel"], "does not exist"),
     "model without weights": (["in.mp4", "-i", "x", "--model", "no_weights"], "denoiser/model.safetensors is missing"),
     "model without index": (["in.mp4", "-i", "x", "--model", "no_index"], "no model_index.json"),
-    "no model at all": (["in.mp4", "-i", "x", "--model", None], "no --model given and no bundled model"),
     "missing output folder": (["in.mp4", "-i", "x", "-o", "nodir/out.mp4"], "does not exist"),
     "unknown extension": (["in.mp4", "-i", "x", "-o", "out.xyz"], "unknown extension"),
     "output is a folder": (["in.mp4", "-i", "x", "-o", "model"], "unknown extension"),
@@ -119,3 +118,15 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(work, case):
     assert "Traceback" not in out.stderr
     assert expected in lines[0], lines[0]
     assert set(os.listdir(work)) == before  # no output, preview or temporary file left
+
+
+def test_no_model_and_no_bundled_model_is_one_line(work, monkeypatch, capsys):
+    """An install without the bundled model (e.g. a trimmed package) and no --model: exit 2, one line."""
+    import viva.pipeline
+    from viva.cli import main
+
+    monkeypatch.setattr(viva.pipeline, "BUNDLED_MODEL", work / "no_such_model")
+    code = main(["edit", str(work / "in.mp4"), "-i", "x", "-o", str(work / "never.mp4")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip() == "error: no --model given and no bundled model; pass --model DIR", err
+    assert not (work / "never.mp4").exists()

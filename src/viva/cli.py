@@ -289,13 +289,35 @@ def add_edit_command(commands) -> None:
     edit.add_argument("--fps", type=_positive_number, metavar="F",
                       help="sample the input at F frames per second and write the result at F "
                       "(default: frames spread evenly over the whole clip, keeping its duration)")
-    edit.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                      help="compute precision (bfloat16: autocast, faster on CPUs with bf16 support)")
-    edit.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default cpu)")
-    edit.add_argument("--threads", type=_whole_number, metavar="N",
-                      help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
-    edit.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_compute_options(edit)
     edit.set_defaults(func=cmd_edit)
+
+
+def _add_compute_options(parser) -> None:
+    """--precision, --device, --threads, --no-progress: how `viva edit` / `viva demo` run the model."""
+    parser.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                        help="compute precision (bfloat16: autocast, faster on CPUs with bf16 support)")
+    parser.add_argument("--device", default="cpu", metavar="DEV", help="torch device (default cpu)")
+    parser.add_argument("--threads", type=_whole_number, metavar="N",
+                        help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+
+def _compute_device(args):
+    """The torch device of --device (checked), after applying --threads."""
+    import torch
+
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError) as e:
+        raise VivaUserError(f"unknown --device {args.device!r} ({_one_line(e)}); use e.g. cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VivaUserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+    if args.threads is not None:
+        if args.threads < 1:
+            raise VivaUserError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    return device
 
 
 def _check_output(path: str, formats, what: str, hint: str) -> None:
@@ -377,18 +399,7 @@ def cmd_edit(args) -> int:
         index = check_model_folder(model)
     else:
         index = {"editor": {"height": preset[1][0], "width": preset[1][1], "num_frames": preset[1][2]}}
-    try:
-        import torch
-
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError) as e:
-        raise VivaUserError(f"unknown --device {args.device!r} ({_one_line(e)}); use e.g. cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VivaUserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise VivaUserError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    device = _compute_device(args)
 
     # 2. Read and fit the inputs to the model's size (all of a corrupt or truncated file is decoded here).
     from .models.editor import EditorConfig
@@ -473,17 +484,16 @@ def add_demo_command(commands) -> None:
     demo.add_argument("--model", metavar="DIR", help="model folder (default: the bundled default model)")
     demo.add_argument("--steps", type=_whole_number, metavar="N", help="denoising steps (default: the model's)")
     demo.add_argument("--seed", type=_whole_number, default=0, metavar="S", help="noise seed (default 0)")
-    demo.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                      help="compute precision (default float32)")
-    demo.add_argument("--threads", type=_whole_number, metavar="N", help="CPU threads for torch")
-    demo.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    _add_compute_options(demo)
     demo.set_defaults(func=cmd_demo)
 
 
 def cmd_demo(args) -> int:
     from .demo import cmd_demo as run
 
-    return run(args)
+    if args.steps is not None and not 1 <= args.steps <= 1000:
+        raise VivaUserError(f"--steps must be from 1 to 1000, got {args.steps}")
+    return run(args, _compute_device(args))
 
 
 # viva train -----------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ def run_demo(
     steps: int | None = None,
     seed: int = 0,
     precision: str = "float32",
+    device=None,
     progress: bool = False,
 ) -> list[DemoEdit]:
     """Edit `samples` (default: the bundled ones) with the model folder `model` (default: the bundled
@@ -82,7 +83,7 @@ def run_demo(
     samples = load_samples() if samples is None else samples
     if not samples:
         raise VivaUserError("no sample clips found (viva/assets/samples/); reinstall viva or run scripts/make_samples.py")
-    pipe = VivaPipeline.from_pretrained(model, precision=precision)
+    pipe = VivaPipeline.from_pretrained(model, device=device, precision=precision)
     cfg = pipe.editor.config
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -113,20 +114,13 @@ def run_demo(
     return edits
 
 
-def cmd_demo(args) -> int:
-    """The `viva demo` command: run the demo and print one line per edit and where the files are."""
-    import torch
-
-    if args.threads is not None:
-        if args.threads < 1:
-            raise VivaUserError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
-    if args.steps is not None and not 1 <= args.steps <= 1000:
-        raise VivaUserError(f"--steps must be from 1 to 1000, got {args.steps}")
+def cmd_demo(args, device) -> int:
+    """The `viva demo` command (arguments checked by viva.cli): run the demo on `device` and print one line
+    per edit and where the files are."""
     model = args.model
     start = time.perf_counter()
     edits = run_demo(args.out, model, steps=args.steps, seed=args.seed, precision=args.precision,
-                     progress=not args.no_progress)
+                     device=device, progress=not args.no_progress)
     from .pipeline import default_model_path
 
     print(f"model: {model if model is not None else f'the bundled default model ({default_model_path()})'}")
