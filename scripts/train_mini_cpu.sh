@@ -24,3 +24,17 @@ VIVA=${VIVA:-.venv/bin/viva}
   model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
   train.steps=8000 train.batch_size=32 optim.warmup_steps=300 train.num_workers=1 train.cpu_threads=2 \
   train.checkpoint_every=250 train.sample_every=1000 train.log_every=50
+
+# 4. Edit-GRPO from the SFT model: a LoRA on the DiT, half the prompts hybrid (never in SFT), 2 prompts x 8
+#    samples per step on both cores; held-out evaluation (4 pairs per category) every 50 steps.
+[ -d "$RUNS/grpo/model" ] || $VIVA train grpo --init "$RUNS/sft/model" --prompts world:hybrid_fraction=0.5 \
+  --config configs/grpo_mini.yaml --out "$RUNS/grpo" --device cpu --no-progress \
+  train.steps=150 train.batch_size=2 grpo.group_size=8 optim.lr=3.0e-4 train.cpu_threads=2 \
+  train.checkpoint_every=10 eval.per_category=4 eval.every=50
+
+# 5. The world bench of both models (50 cases per category, 20 steps, the models' default guidance).
+for stage in sft grpo; do
+  [ -f "eval/$stage/results.json" ] || $VIVA eval --model "$RUNS/$stage/model" --out "eval/$stage" --no-progress
+done
+# Then ship the better one: .venv/bin/python scripts/bundle_default_model.py RUNS/STAGE/model --runs RUNS
+#   [--grpo-run RUNS/grpo] --eval eval/bundled, after `viva eval --out eval/bundled` of the bundled weights.
