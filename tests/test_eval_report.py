@@ -48,6 +48,12 @@ def test_screenshot_loads_every_image(chromium, report, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["page.png"]  # written atomically: no temporary left
     with pytest.raises(VivaUserError, match="no such file"):
         screenshot(tmp_path / "none.html", tmp_path / "x.png")
+    # A long report is cut to its top max_height pixels (a 450-case page is ~190k px tall).
+    short = screenshot(report / "report.html", tmp_path / "top.png", width=1000, max_height=300)
+    assert short["height"] == shot["height"] > 300 and short["shot_height"] == 300
+    assert Image.open(tmp_path / "top.png").size == (shot["width"], 300)
+    full, top = np.asarray(Image.open(tmp_path / "page.png")), np.asarray(Image.open(tmp_path / "top.png"))
+    assert np.array_equal(full[:300], top)
 
 
 def test_cli_renders_the_report_to_png(chromium, tmp_path, capsys):

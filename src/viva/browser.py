@@ -53,10 +53,11 @@ _LOAD_IMAGES = """async () => {
 
 
 def screenshot(page_path: str | os.PathLike, png_path: str | os.PathLike, width: int = 1280,
-               timeout: float = 60.0) -> dict:
+               timeout: float = 60.0, max_height: int | None = None) -> dict:
     """Render the local HTML file `page_path` in headless Chromium and write a full-page PNG to `png_path`
-    (atomically). Returns {"width", "height", "images", "broken_images"}: the page size in CSS pixels, the
-    number of <img> elements and the sources of those that did not load. Requests to other hosts are
+    (atomically); `max_height`: at most the top that many CSS pixels of a longer page. Returns {"width",
+    "height", "shot_height", "images", "broken_images"}: the page size in CSS pixels, the height of the PNG,
+    the number of <img> elements and the sources of those that did not load. Requests to other hosts are
     refused. Playwright's sync API: not from inside a running asyncio loop or another sync_playwright()."""
     from viva.io.atomic import atomic_output
 
@@ -78,8 +79,11 @@ def screenshot(page_path: str | os.PathLike, png_path: str | os.PathLike, width:
             page.route(OUTSIDE, lambda route: route.abort())
             page.goto(page_path.resolve().as_uri())
             images, broken = page.evaluate(_LOAD_IMAGES)
-            page.screenshot(path=str(tmp), full_page=True, type="png")
             size = page.evaluate("() => [document.documentElement.scrollWidth, document.documentElement.scrollHeight]")
+            shot_height = size[1] if max_height is None else min(size[1], max_height)
+            clip = None if shot_height == size[1] else {"x": 0, "y": 0, "width": size[0], "height": shot_height}
+            page.screenshot(path=str(tmp), full_page=True, type="png", clip=clip)
         finally:
             browser.close()
-    return {"width": size[0], "height": size[1], "images": images, "broken_images": broken}
+    return {"width": size[0], "height": size[1], "shot_height": shot_height, "images": images,
+            "broken_images": broken}

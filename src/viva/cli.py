@@ -663,7 +663,7 @@ def add_eval_command(commands) -> None:
     ev.add_argument("--save-outputs", action="store_true", help="keep every output clip as PNG frames in "
                     "OUT/outputs/<case id>/ (for `viva judge --outputs`, or to score again with --outputs)")
     ev.add_argument("--report-png", metavar="FILE", help="also render report.html in headless Chromium to this PNG "
-                    "(the system's chromium via Playwright; nothing is downloaded)")
+                    "(the system's chromium via Playwright; nothing is downloaded; at most the top 16000 px)")
     ev.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     ev.set_defaults(func=cmd_eval)
 

@@ -7,6 +7,8 @@ from pathlib import Path
 from viva.errors import VivaUserError
 
 
+REPORT_PNG_MAX_HEIGHT = 16000  # CSS px: the tables, charts and the first cases of a long report
+
 def _editor(args):
     """The editor the arguments ask for (loading the model last, after every cheap check)."""
     from .editors import OutputsEditor, PipelineEditor, as_editor
@@ -78,9 +80,10 @@ def run_eval_command(args) -> int:
     if args.report_png:
         from viva.browser import screenshot
 
-        shot = screenshot(out / REPORT_NAME, args.report_png)
+        shot = screenshot(out / REPORT_NAME, args.report_png, max_height=REPORT_PNG_MAX_HEIGHT)
         broken = f"; {len(shot['broken_images'])} image(s) did not load" if shot["broken_images"] else ""
-        print(f"rendered the report to {args.report_png} ({shot['width']}x{shot['height']} px page){broken}")
+        part = "" if shot["shot_height"] == shot["height"] else f", its top {shot['shot_height']} px"
+        print(f"rendered the report to {args.report_png} ({shot['width']}x{shot['height']} px page{part}){broken}")
     return 0
 
 
