@@ -24,13 +24,14 @@ from torch import nn
 
 from viva.models.backbones.wan import (
     NUM_TRAIN_TIMESTEPS,
+    TransformerDenoiser,
     _inner_config,
     _load_weights,
     _read_folder,
     _write_folder,
     widen_patch_embedding,
 )
-from viva.models.interfaces import Denoiser, TokenRefiner, VideoAutoencoder
+from viva.models.interfaces import TokenRefiner, VideoAutoencoder
 
 
 def _masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -118,7 +119,7 @@ class HunyuanRefiner(TokenRefiner):
         return out * mask.unsqueeze(-1).to(out.dtype)
 
 
-class HunyuanDenoiser(Denoiser):
+class HunyuanDenoiser(TransformerDenoiser):
     """HunyuanVideoTransformer3DModel reading [noisy | source] (in_channels = 2 x latent channels) and
     already-refined tokens. Text attention is masked to each row's real tokens (HunyuanVideo keeps the
     first sum(mask) tokens, so real tokens must come first, as every viva instructor lays them out)."""
@@ -154,23 +155,6 @@ class HunyuanDenoiser(Denoiser):
         from diffusers import HunyuanVideoTransformer3DModel
 
         return cls(HunyuanVideoTransformer3DModel.from_config(data["inner"]), data.get("embedded_guidance", 6.0))
-
-    @classmethod
-    def from_pretrained(cls, directory, device=None, dtype=None) -> "HunyuanDenoiser":
-        data = _read_folder(cls, directory)
-        model = _load_weights(cls.skeleton(data), directory)
-        return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.transformer, "gradient_checkpointing", False))
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, value: bool) -> None:
-        if value:
-            self.transformer.enable_gradient_checkpointing()
-        elif self.gradient_checkpointing:
-            self.transformer.disable_gradient_checkpointing()
 
     def forward(self, noisy, source, tokens, token_mask, timestep):
         dtype = self.transformer.dtype

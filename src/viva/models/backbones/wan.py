@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 from pathlib import Path
 
@@ -173,7 +172,35 @@ class WanVAE(VideoAutoencoder):
 # 3. Denoiser ----------------------------------------------------------------------------------------------
 
 
-class WanDenoiser(Denoiser):
+class TransformerDenoiser(Denoiser):
+    """A Denoiser around a diffusers transformer kept at `self.transformer`: built from a saved config by the
+    subclass's `skeleton(data)`, loaded from a folder, with the transformer's gradient checkpointing."""
+
+    transformer: nn.Module
+
+    @classmethod
+    def skeleton(cls, data: dict) -> "TransformerDenoiser":
+        raise NotImplementedError
+
+    @classmethod
+    def from_pretrained(cls, directory, device=None, dtype=None):
+        data = _read_folder(cls, directory)
+        model = _load_weights(cls.skeleton(data), directory)
+        return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
+
+    @property
+    def gradient_checkpointing(self) -> bool:
+        return bool(getattr(self.transformer, "gradient_checkpointing", False))
+
+    @gradient_checkpointing.setter
+    def gradient_checkpointing(self, value: bool) -> None:
+        if value:
+            self.transformer.enable_gradient_checkpointing()
+        elif self.gradient_checkpointing:
+            self.transformer.disable_gradient_checkpointing()
+
+
+class WanDenoiser(TransformerDenoiser):
     """WanTransformer3DModel as the editing DiT. Its patch embedding reads [noisy | source] (2 z_dim
     channels; see `widen_patch_embedding`); condition tokens [B,L,text_dim] enter its text embedder with
     padding positions zeroed (the Wan transformer has no text attention mask; WanPipeline also feeds zero
@@ -200,23 +227,6 @@ class WanDenoiser(Denoiser):
         from diffusers import WanTransformer3DModel
 
         return cls(WanTransformer3DModel.from_config(data["inner"]))
-
-    @classmethod
-    def from_pretrained(cls, directory, device=None, dtype=None) -> "WanDenoiser":
-        data = _read_folder(cls, directory)
-        model = _load_weights(cls.skeleton(data), directory)
-        return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
-
-    @property
-    def gradient_checkpointing(self) -> bool:
-        return bool(getattr(self.transformer, "gradient_checkpointing", False))
-
-    @gradient_checkpointing.setter
-    def gradient_checkpointing(self, value: bool) -> None:
-        if value:
-            self.transformer.enable_gradient_checkpointing()
-        elif self.gradient_checkpointing:
-            self.transformer.disable_gradient_checkpointing()
 
     def forward(self, noisy, source, tokens, token_mask, timestep):
         """noisy/source [B,C,T,h,w]; tokens [B,L,text_dim]; token_mask [B,L]; timestep [B] in [0,1]."""
