@@ -13,7 +13,6 @@ from viva.pipeline import (
     PREVIEW_GAP,
     EditResult,
     VivaPipeline,
-    default_model_path,
     load_editor,
     save_editor,
 )
@@ -81,10 +80,6 @@ def test_load_rejects_missing_folder_weights_and_mixed_components(tmp_path):
     mixed = save_editor(other, tmp_path / "mixed")
     with pytest.raises(VivaUserError, match="incompatible components"):
         load_editor(mixed)
-
-
-def test_no_bundled_model_yet():
-    assert default_model_path() is None
 
 
 # ------------------------------------------------------------------------------------------------ shapes
