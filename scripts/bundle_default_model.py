@@ -110,7 +110,7 @@ def model_card(model: Path, runs: Path, grpo_run: Path | None, evaluation: Path 
         lines += _run_section("grpo", grpo_run)
     lines += ["## World bench (the bundled float16 weights)", ""]
     if evaluation is not None and (evaluation / "results.md").is_file():
-        body = (evaluation / "results.md").read_text().splitlines()
+        body = (evaluation / "results.md").read_text().replace(f"{Path.cwd()}/", "").splitlines()
         lines += [line for line in body if not line.startswith("# ")] + [""]
         lines.append(f"Regenerate: `viva eval --out {evaluation}` (the bundled model; ~5 min on 2 CPU cores).")
     else:
