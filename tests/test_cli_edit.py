@@ -94,6 +94,7 @@ BAD = {
     "bad preview extension": (["in.mp4", "-i", "x", "--preview", "p.gif"], "preview"),
     "zero steps": (["in.mp4", "-i", "x", "--steps", "0"], "--steps"),
     "bad guidance": (["in.mp4", "-i", "x", "--guidance", "abc"], "invalid number"),
+    "unknown device": (["in.mp4", "-i", "x", "--device", "quantum"], "unknown --device 'quantum'"),
 }
 
 

@@ -512,20 +512,13 @@ def resolve_model(model: str | None, bundled: Path | None) -> Path:
 
 def run_app_command(args) -> int:
     """`viva app`: check the arguments and the model (one-line errors), load it, serve until Ctrl-C."""
-    from viva.pipeline import VivaPipeline, check_model_folder, default_model_path
+    from viva.pipeline import VivaPipeline, check_model_folder, default_model_path, parse_device
 
     # 1. Everything a user can get wrong, before the slow imports.
     model = resolve_model(args.model, default_model_path())
     check_model_folder(model)
     check_listen_address(args.host, args.port)
-    import torch
-
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError) as e:
-        raise VivaUserError(f"unknown --device {args.device!r} ({_one_line(e)}); use e.g. cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VivaUserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+    device = parse_device(args.device)
     gr = import_gradio()
 
     # 2. Load the model and build the page.

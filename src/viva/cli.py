@@ -307,12 +307,9 @@ def _compute_device(args):
     """The torch device of --device (checked), after applying --threads."""
     import torch
 
-    try:
-        device = torch.device(args.device)
-    except (RuntimeError, ValueError) as e:
-        raise VivaUserError(f"unknown --device {args.device!r} ({_one_line(e)}); use e.g. cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise VivaUserError(f"--device {args.device}: no CUDA GPU is available here; use --device cpu")
+    from .pipeline import parse_device
+
+    device = parse_device(args.device)
     if args.threads is not None:
         if args.threads < 1:
             raise VivaUserError(f"--threads must be at least 1, got {args.threads}")

@@ -174,6 +174,20 @@ BUNDLED_MODEL = Path(__file__).parent / "assets" / "model"  # where a bundled de
 PRECISIONS = ("float32", "bfloat16")
 
 
+def parse_device(name: str):
+    """The torch.device a user named (--device), or a one-line VivaUserError: unknown name, or CUDA asked
+    for where none is visible."""
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as e:
+        raise VivaUserError(f"unknown --device {name!r} ({' '.join(str(e).split())}); use e.g. cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VivaUserError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
+    return device
+
+
 def default_model_path() -> Path | None:
     """The model folder `viva edit` uses without --model: the bundled one, or None when none ships."""
     return BUNDLED_MODEL if (BUNDLED_MODEL / INDEX_NAME).is_file() else None
