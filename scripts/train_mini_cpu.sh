@@ -38,3 +38,13 @@ for stage in sft grpo; do
 done
 # Then ship the better one: .venv/bin/python scripts/bundle_default_model.py RUNS/STAGE/model --runs RUNS
 #   [--grpo-run RUNS/grpo] --eval eval/bundled, after `viva eval --out eval/bundled` of the bundled weights.
+
+# 6. (second session of training) A second SFT schedule from the step-8000 model: 4000 more steps at a
+#    lower peak LR (2e-4 -> 2e-5), the same encoders; and a decoder-only fine-tune of the VAE (encoder and
+#    latent scaling frozen, so the editor's latents keep their meaning) for sharper decodes.
+[ -d "$RUNS/vae_dec/checkpoints/step-00001500" ] || $VIVA train vae --config configs/vae_decoder_finetune.yaml \
+  --out "$RUNS/vae_dec" --device cpu init="$RUNS/vae/vae" --no-progress
+[ -d "$RUNS/sft2/checkpoints/step-00004000" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft2" --device cpu \
+  model.init="$RUNS/sft/model" model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
+  train.steps=4000 train.batch_size=32 optim.lr=2.0e-4 optim.warmup_steps=100 train.num_workers=1 train.cpu_threads=2 \
+  train.checkpoint_every=250 train.sample_every=1000 train.log_every=50 --no-progress

@@ -147,8 +147,12 @@ class SFTModelConfig:
     match the VAE and instructor (denoiser.latent_channels, refiner.in_dim, refiner.hidden_size) are filled
     in from them. preset / weights (/ vlm): train a full-scale backbone instead (`viva.models.backbones`,
     docs/backbones.md): the preset's VAE, instructor, refiner and denoiser from the LOCAL folder `weights`;
-    the mini fields above are then unused."""
+    the mini fields above are then unused. init: a saved editor folder (`viva train sft` -> RUN/model, or
+    the bundled default model) whose refiner and DiT start this run (their configs replace refiner /
+    denoiser): fine-tuning or a longer second schedule; vae and instructor must be the ones it was
+    trained with (a decoder fine-tune of that VAE is fine: same latents)."""
 
+    init: str | None = None
     vae: str = "runs/vae/vae"
     instructor: str = "runs/instructor/instructor"
     instructor_kind: str = "vlm"
@@ -314,6 +318,8 @@ class SFTTrainingRun(TrainingRun):
 
         lm_config = _read_json(minilm_path(None) / "config.json", "give a local MiniLM folder in model.language_model_path")
         hidden = int(lm_config.get("hidden_size", 384))
+        if model.init is not None:
+            self._resolve_init(latent_channels, hidden)
         model.denoiser.latent_channels = latent_channels
         model.refiner.in_dim = hidden
         model.refiner.hidden_size = model.denoiser.cond_dim
@@ -332,6 +338,27 @@ class SFTTrainingRun(TrainingRun):
         if model.denoiser.patch_size[0] != 1:
             raise VivaUserError("model.denoiser.patch_size must have a time patch of 1 (images are 1-frame clips)")
 
+    def _resolve_init(self, latent_channels: int, hidden: int) -> None:
+        """model.init: take the refiner / DiT configs of the editor folder, checked against the encoders."""
+        model = self.config.model
+        hint = "pass an editor folder written by `viva train sft` (RUN/model) or `viva train grpo`"
+        folder = Path(model.init)
+        if not (folder / "model_index.json").is_file():
+            raise VivaUserError(f"model.init {folder} is not an editor folder (no model_index.json); {hint}")
+        refiner = _component_config(str(folder / "refiner"), "model.init refiner", hint)
+        denoiser = _component_config(str(folder / "denoiser"), "model.init denoiser", hint)
+        for name, data in (("refiner", refiner), ("denoiser", denoiser)):
+            if data.get("_class_name") not in (None, {"refiner": "MiniTokenRefiner", "denoiser": "MiniDiT"}[name]):
+                raise VivaUserError(f"model.init {folder}/{name} holds a {data['_class_name']}; {hint}")
+        model.refiner = RefinerConfig.from_dict(refiner)
+        model.denoiser = MiniDiTConfig.from_dict(denoiser)
+        if model.denoiser.latent_channels != latent_channels or model.refiner.in_dim != hidden:
+            raise VivaUserError(
+                f"model.init {folder} was trained with {model.denoiser.latent_channels} latent channels and "
+                f"{model.refiner.in_dim}-wide instructor tokens, but model.vae / the instructor give "
+                f"{latent_channels} and {hidden}; use the VAE and instructor it was trained with"
+            )
+
     # -- hooks -----------------------------------------------------------------------------------------
     def build(self):
         cfg = self.config
@@ -342,8 +369,13 @@ class SFTTrainingRun(TrainingRun):
         else:
             vae = self._build_vae()
             instructor = self._build_instructor()
-            refiner = MiniTokenRefiner(cfg.model.refiner)
-            denoiser = MiniDiT(cfg.model.denoiser)
+            if cfg.model.init is not None:
+                refiner = MiniTokenRefiner.from_pretrained(Path(cfg.model.init) / "refiner").train()
+                denoiser = MiniDiT.from_pretrained(Path(cfg.model.init) / "denoiser").train()
+                self.log(f"refiner and DiT start from {cfg.model.init}")
+            else:
+                refiner = MiniTokenRefiner(cfg.model.refiner)
+                denoiser = MiniDiT(cfg.model.denoiser)
             editor = VivaEditor(vae, instructor, refiner, denoiser, cfg.editor)
         denoiser.gradient_checkpointing = cfg.model.gradient_checkpointing
         editor.to(device)

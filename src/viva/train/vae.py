@@ -12,6 +12,12 @@ At the end (on the EMA weights when `train.ema_decay` > 0): `fit_scaling_factor`
 training batches, then PSNR on whole held-out clips (`eval.num_pairs` pairs of seed `eval.seed`: source,
 target and reference) through `decode(encode(x))` in float32, and RUN/vae/ (save_pretrained) +
 RUN/eval.json (overall PSNR, mean/min per clip, by kind, category and global state).
+
+Fine-tuning: `init=DIR` starts from a saved MiniVAE (its config replaces `model`); with `train_part=decoder`
+the encoder is frozen and the init's latent shift / scale are kept (not refitted), so the latent space, and
+with it every editor trained on those latents, stays valid while the reconstructions get sharper:
+
+    viva train vae --config configs/vae_decoder_finetune.yaml --out runs/vae_dec init=runs/vae/vae
 """
 
 from __future__ import annotations
@@ -62,15 +68,36 @@ class VAETrainConfig:
         default_factory=lambda: RunConfig(steps=7000, batch_size=32, checkpoint_every=1000, log_every=50)
     )
     eval: VAEEvalConfig = field(default_factory=VAEEvalConfig)
+    init: str | None = None  # a saved MiniVAE folder to start from (its config replaces `model`)
+    train_part: str = "all"  # all | decoder (encoder frozen, latent shift/scale kept; needs init)
 
     def __post_init__(self) -> None:
         coerce_numbers(self.loss)
+        if self.train_part not in ("all", "decoder"):
+            raise ValueError(f"train_part must be all or decoder, got {self.train_part!r}")
+        if self.train_part == "decoder" and self.init is None:
+            raise ValueError("train_part=decoder fine-tunes a trained VAE's decoder; give init=DIR (a saved MiniVAE folder)")
+        if self.init is not None:
+            self.model = MiniVAE.config_class.from_dict(_read_config(self.init))
         if self.model.temporal_mix:
             raise ValueError("the VAE trainer trains frame-wise; model.temporal_mix must be false")
         if self.data.root is None and self.eval.seed == self.data.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}): held-out clips must be unseen")
         if self.data.height % self.model.spatial_factor or self.data.width % self.model.spatial_factor:
             raise ValueError(f"data.height and data.width must be multiples of model.spatial_factor {self.model.spatial_factor}")
+
+
+def _read_config(folder: str) -> dict:
+    """The config.json of a saved MiniVAE folder (one clear error when it is not one)."""
+    import json
+
+    path = Path(folder) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"init={folder} is not a saved MiniVAE folder (no config.json); pass e.g. runs/vae/vae")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); re-save the VAE") from None
 
 
 def _collate_frames(items: list[torch.Tensor]) -> torch.Tensor:
@@ -82,7 +109,12 @@ class VAETrainingRun(TrainingRun):
     unit = "frames"
 
     def build(self):
-        self.vae = MiniVAE(self.config.model)
+        cfg = self.config
+        self.vae = MiniVAE.from_pretrained(cfg.init) if cfg.init is not None else MiniVAE(cfg.model)
+        self.vae.train()
+        if cfg.train_part == "decoder":
+            self.vae.encoder.requires_grad_(False)
+            self.vae.encoder.eval()  # frozen: the latent space stays the init's
         self.vae.to(self.device)
         if self.device.type == "cuda":
             self.vae.to(memory_format=torch.channels_last)
@@ -116,9 +148,13 @@ class VAETrainingRun(TrainingRun):
 
     def finish(self) -> dict:
         cfg = self.config
-        # 1. Latent shift / scale from training frames (posterior means, float32).
-        batches = (self.frames_to_video(b) for b in self._loader(0, cfg.eval.scale_batches))
-        shift, scale = self.vae.fit_scaling_factor(batches, max_batches=cfg.eval.scale_batches)
+        # 1. Latent shift / scale from training frames (posterior means, float32); a decoder fine-tune
+        #    keeps the init's, so latents mean what they meant before.
+        if cfg.train_part == "decoder":
+            shift, scale = self.vae.shift_factor, self.vae.scaling_factor
+        else:
+            batches = (self.frames_to_video(b) for b in self._loader(0, cfg.eval.scale_batches))
+            shift, scale = self.vae.fit_scaling_factor(batches, max_batches=cfg.eval.scale_batches)
         # 2. Held-out PSNR on whole clips.
         held_out = PairSource(cfg.data, seed=cfg.eval.seed, generate=True)
         metrics = evaluate_vae(self.vae, held_out, cfg.eval.num_pairs, cfg.eval.batch_size, self.device)
@@ -127,6 +163,8 @@ class VAETrainingRun(TrainingRun):
         summary = {
             "component": "vae",
             "steps": self.steps_done,
+            "init": cfg.init,
+            "train_part": cfg.train_part,
             "held_out_seed": cfg.eval.seed,
             "shift_factor": shift,
             "scaling_factor": scale,
