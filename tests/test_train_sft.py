@@ -290,6 +290,23 @@ def test_trains_from_vae_and_instructor_folders(config_file, tmp_path, monkeypat
     assert _train(config_file, tmp_path / "bad", f"model.instructor={tmp_path / 'vae'}", "model.instructor_kind=vlm") == 2
 
 
+def test_init_starts_from_a_saved_editor(config_file, tmp_path):
+    """model.init=RUN/model: the refiner and DiT start from that editor (its configs win over the run's),
+    so a second schedule continues where the first ended instead of starting from random weights."""
+    first = tmp_path / "first"
+    assert _train(config_file, first, "train.steps=2") == 0
+    start = _weights(first / "model")
+    second = tmp_path / "second"
+    assert _train(config_file, second, f"model.init={first / 'model'}", "model.denoiser.depth=3", "train.steps=1",
+                  "optim.lr=1e-12", "train.ema_decay=0") == 0
+    after = _weights(second / "model")
+    assert after.keys() == start.keys()  # depth 2 as in the init, not the run's 3
+    assert all(torch.allclose(after[k], start[k], atol=1e-6) for k in start)
+    fresh = tmp_path / "fresh"
+    assert _train(config_file, fresh, "train.steps=1", "optim.lr=1e-12", "train.ema_decay=0") == 0
+    assert not all(torch.allclose(_weights(fresh / "model")[k], start[k], atol=1e-6) for k in start)
+
+
 # Errors ----------------------------------------------------------------------------------------------------
 
 
@@ -303,6 +320,7 @@ def test_trains_from_vae_and_instructor_folders(config_file, tmp_path, monkeypat
         ("model.instructor_kind=clip", "model.instructor_kind must be vlm or text"),
         ("data.categories=[hybrid]", "SFT trains on primitive edits"),
         ("data.height=36", "do not patchify"),
+        ("model.init=/nonexistent/editor", "model.init /nonexistent/editor is not an editor folder"),
         ("--export", "--export needs --stop-at STEP"),
     ],
 )

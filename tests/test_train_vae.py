@@ -85,6 +85,34 @@ def test_train_vae_subprocess_writes_a_loadable_vae(tmp_path):
     assert z.shape == (1, 16, 2, 8, 8) and y.shape == x.shape
 
 
+def test_decoder_fine_tune_keeps_the_latent_space(tmp_path, capsys):
+    """init=DIR train_part=decoder: the encoder's weights and the latent shift/scale are the init's (so an
+    editor trained on its latents stays valid), the decoder changes, and the model config is the init's."""
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    assert main(["train", "vae", "--no-progress", "--out", str(base), *TINY, "train.steps=2"]) == 0
+    args = ["train", "vae", "--no-progress", "--out", str(tuned), *TINY, "train.steps=3", "optim.lr=1e-2"]
+    assert main([*args, f"init={base / 'vae'}", "train_part=decoder"]) == 0
+    a, b = load_file(base / "vae" / "model.safetensors"), load_file(tuned / "vae" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("encoder."))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("decoder."))
+    before, after = MiniVAE.from_pretrained(base / "vae"), MiniVAE.from_pretrained(tuned / "vae")
+    assert (after.shift_factor, after.scaling_factor) == (before.shift_factor, before.scaling_factor)
+    x = torch.rand(1, 3, 2, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(before.encode(x), after.encode(x))
+    report = json.loads((tuned / "eval.json").read_text())
+    assert report["train_part"] == "decoder" and report["init"] == str(base / "vae")
+    assert load_config(VAETrainConfig, tuned / "config.yaml").model.base_channels == 8
+    capsys.readouterr()
+    # Decoder-only needs an init; an init that is no VAE folder is one line.
+    for extra, fragment in ((["train_part=decoder"], "give init=DIR"), ([f"init={tmp_path}"], "not a saved MiniVAE")):
+        assert main(["train", "vae", "--out", str(tmp_path / "bad"), *TINY, *extra]) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and fragment in lines[0], lines
+    assert not (tmp_path / "bad").exists()
+
+
 def test_resume_is_exact_and_config_changes_are_refused(tmp_path, capsys):
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     overrides = [*TINY, "train.steps=6", "train.checkpoint_every=100"]
