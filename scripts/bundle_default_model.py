@@ -3,13 +3,16 @@ float16 (loaded back as float32; ~half the size) and a model card (README.md) wr
 that made it and the world-bench results of the bundled weights.
 
     .venv/bin/python scripts/bundle_default_model.py MODEL_DIR --runs runs [--grpo-run runs/grpo] \\
-        [--eval eval/bundled] [--out src/viva/assets/model]
+        [--stages vae,instructor,sft] [--vae runs/vae_dec/vae] [--eval eval/bundled] [--out src/viva/assets/model]
 
 MODEL_DIR: the model folder to ship (e.g. runs/sft/model or runs/grpo/model). --runs: the folder holding
 the vae/, instructor/ and sft/ runs of scripts/train_mini_cpu.sh (their config.yaml, metrics.jsonl and
 eval.json go into the card). --eval: a `viva eval` output folder of the bundled weights (its results.md
 goes into the card); run `viva eval --model src/viva/assets/model --out eval/bundled` after bundling and
-bundle again to include it.
+bundle again to include it. --stages: the runs under --runs that made the model, in order (default
+vae,instructor,sft; e.g. vae,vae_dec,instructor,sft,sft2 for the second schedule). --vae: ship this VAE
+instead of the model's own (a decoder fine-tune: its encoder must equal the model's, so the latents the
+editor was trained on keep their meaning).
 """
 
 from __future__ import annotations
@@ -82,7 +85,25 @@ def _run_section(name: str, run: Path) -> list[str]:
     return lines + [""]
 
 
-def model_card(model: Path, runs: Path, grpo_run: Path | None, evaluation: Path | None, size_mb: float) -> str:
+def swap_vae(editor, folder: Path) -> None:
+    """Give `editor` the VAE of `folder` after checking that its encoder and latent scaling are the
+    editor's (only the decoder may differ)."""
+    from viva.models.vae import MiniVAE
+
+    vae = MiniVAE.from_pretrained(folder)
+    old, new = editor.vae.state_dict(), vae.state_dict()
+    same = old.keys() == new.keys() and all(
+        torch.equal(old[k].float(), new[k].float()) for k in old if k.startswith("encoder.")
+    )
+    same = same and (vae.shift_factor, vae.scaling_factor) == (editor.vae.shift_factor, editor.vae.scaling_factor)
+    if not same:
+        raise ValueError(f"{folder} is not a decoder fine-tune of the model's VAE (its encoder or latent scaling "
+                         "differ); give the VAE the editor was trained on, or one from `viva train vae train_part=decoder`")
+    editor.vae = vae.to(next(editor.vae.parameters()).device)
+
+
+def model_card(model: Path, runs: Path, grpo_run: Path | None, evaluation: Path | None, size_mb: float,
+               stages: tuple[str, ...] = ("vae", "instructor", "sft"), vae: Path | None = None) -> str:
     lines = [
         "# viva mini default model",
         "",
@@ -91,7 +112,8 @@ def model_card(model: Path, runs: Path, grpo_run: Path | None, evaluation: Path 
         "refiner, MiniDiT with flow matching) for 64x64, 8-frame clips of viva's procedural world. It edits",
         "world clips from plain-language instructions; it knows nothing about real footage.",
         "",
-        f"Weights: float16 safetensors ({size_mb:.1f} MB in all; loaded as float32). Shipped from `{model}`.",
+        f"Weights: float16 safetensors ({size_mb:.1f} MB in all; loaded as float32). Shipped from `{model}`"
+        + (f", with the VAE of `{vae}` (a decoder fine-tune of the VAE the editor was trained on)." if vae else "."),
         "",
         "## Training data",
         "",
@@ -103,7 +125,7 @@ def model_card(model: Path, runs: Path, grpo_run: Path | None, evaluation: Path 
         "## Training (the exact commands: scripts/train_mini_cpu.sh)",
         "",
     ]
-    for name in ("vae", "instructor", "sft"):
+    for name in stages:
         if (runs / name).is_dir():
             lines += _run_section(name, runs / name)
     if grpo_run is not None:
@@ -127,9 +149,18 @@ def main() -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--grpo-run", type=Path)
     parser.add_argument("--eval", type=Path)
+    parser.add_argument("--stages", default="vae,instructor,sft", help="the runs under --runs that made the model")
+    parser.add_argument("--vae", type=Path, help="ship this VAE (a decoder fine-tune of the model's)")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "src/viva/assets/model")
     args = parser.parse_args()
+    stages = tuple(s for s in args.stages.split(",") if s)
     editor = load_editor(args.model)
+    if args.vae is not None:
+        try:
+            swap_vae(editor, args.vae)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     tmp = args.out.with_name(args.out.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
     save_editor(editor, tmp, dtype=torch.float16)
@@ -138,10 +169,10 @@ def main() -> int:
         shutil.rmtree(tmp)
         print(f"error: the model is {size_mb:.1f} MB as float16, over the {LIMIT_MB} MB limit", file=sys.stderr)
         return 2
-    (tmp / "README.md").write_text(model_card(args.model, args.runs, args.grpo_run, args.eval, size_mb))
+    (tmp / "README.md").write_text(model_card(args.model, args.runs, args.grpo_run, args.eval, size_mb, stages, args.vae))
     configs = tmp / "configs"
     configs.mkdir()
-    for name, run in [(n, args.runs / n) for n in ("vae", "instructor", "sft")] + [("grpo", args.grpo_run)]:
+    for name, run in [(n, args.runs / n) for n in stages] + [("grpo", args.grpo_run)]:
         if run is not None and (run / "config.yaml").is_file():
             shutil.copy(run / "config.yaml", configs / f"{name}.yaml")
     backup = args.out.with_name(args.out.name + ".old")

@@ -81,6 +81,39 @@ def test_float16_storage_halves_the_files_and_keeps_the_edit(tmp_path):
     assert rounded > 0  # the weights really went through float16
 
 
+def test_bundle_script_ships_float16_with_a_decoder_fine_tuned_vae(tmp_path):
+    """scripts/bundle_default_model.py: float16 folder + model card; --vae swaps in a VAE whose decoder
+    differs but whose encoder is the model's, and refuses (exit 2, one line, nothing written) a VAE whose
+    encoder differs."""
+    root = default_model_path().parents[3]  # the repository (src/viva/assets/model)
+    editor = build_tiny_editor(seed=0, vlm=True)
+    save_editor(editor, tmp_path / "model")
+    tuned = load_editor(tmp_path / "model").vae
+    with torch.no_grad():
+        for name, param in tuned.named_parameters():
+            if name.startswith("decoder."):
+                param.add_(0.01)
+    tuned.save_pretrained(tmp_path / "vae_dec")
+    script = [sys.executable, str(root / "scripts" / "bundle_default_model.py"), str(tmp_path / "model"),
+              "--runs", str(tmp_path / "runs"), "--stages", "vae,vae_dec"]
+    out = tmp_path / "bundled"
+    result = subprocess.run([*script, "--vae", str(tmp_path / "vae_dec"), "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((out / "vae" / "config.json").read_text())["_weights_dtype"] == "float16"
+    shipped = load_editor(out).vae.state_dict()
+    want = tuned.state_dict()
+    assert all(torch.allclose(shipped[k], want[k], atol=1e-3) for k in want)
+    assert "decoder fine-tune" in (out / "README.md").read_text()
+    with torch.no_grad():
+        for param in tuned.encoder.parameters():
+            param.add_(0.01)
+    tuned.save_pretrained(tmp_path / "vae_other")
+    refused = tmp_path / "refused"
+    result = subprocess.run([*script, "--vae", str(tmp_path / "vae_other"), "--out", str(refused)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "not a decoder fine-tune" in result.stderr
+    assert result.stderr.count("\n") == 1 and not refused.exists()
+
+
 def test_demo_edits_every_sample_and_writes_videos_and_a_preview(tmp_path):
     save_tiny_editor(tmp_path / "model", seed=0, vlm=True)
     out = viva("demo", "--model", "model", "--out", "demo", "--steps", "2", "--no-progress", cwd=tmp_path)
