@@ -75,6 +75,7 @@ def test_train_vae_subprocess_writes_a_loadable_vae(tmp_path):
     assert saved.train.steps == 3 and saved.model.base_channels == 8
     report = json.loads((run / "eval.json").read_text())
     assert report["num_clips"] >= 4 and np.isfinite(report["psnr"]) and report["psnr_target"] == 32.0
+    assert np.isfinite(report["psnr_clips"])  # source and target clips without the reference images
     assert report["scaling_factor"] > 0
     vae = MiniVAE.from_pretrained(run / "vae")
     assert vae.config.scaling_factor == pytest.approx(report["scaling_factor"])
