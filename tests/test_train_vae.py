@@ -194,6 +194,19 @@ def test_config_errors_are_one_line(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_overrides_may_follow_options(tmp_path, capsys):
+    """KEY=VALUE overrides before and after an option both count; a stray non-override is one line."""
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--out", str(run), *TINY[:5], "--no-progress", *TINY[5:], "train.steps=1"]) == 0
+    saved = load_config(VAETrainConfig, run / "config.yaml")
+    assert saved.train.steps == 1 and saved.model.base_channels == 8 and saved.eval.num_pairs == 2
+    capsys.readouterr()
+    assert main(["train", "vae", "--out", str(tmp_path / "r2"), "--no-progress", "train.steps=1", "--bogus"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "unrecognized arguments: --bogus" in lines[0]
+    assert not (tmp_path / "r2").exists()
+
+
 def test_configs_are_the_defaults():
     from viva.train.instructor import InstructorTrainConfig
 

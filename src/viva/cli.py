@@ -809,13 +809,24 @@ def _on_sigterm(signum, frame):
     raise Terminated()
 
 
+def _parse(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """parse_args, except that a trainer's KEY=VALUE overrides may come after its options too
+    (`viva train vae --out R init=D --no-progress optim.lr=1e-4`: argparse alone stops at the option)."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (0 ok, 2 user error, 130 interrupted, 143 terminated)."""
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _on_sigterm) if in_main_thread else None
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        args = _parse(parser, argv)
         return int(args.func(args) or 0)
     except UsageError as e:
         print(f"error: {_one_line(e)} (see: {e.prog} --help)", file=sys.stderr)
