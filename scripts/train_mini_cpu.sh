@@ -41,9 +41,12 @@ done
 
 # 6. (second session of training) A second SFT schedule from the step-8000 model: 4000 more steps at a
 #    lower peak LR (2e-4 -> 2e-5), the same encoders; and a decoder-only fine-tune of the VAE (encoder and
-#    latent scaling frozen, so the editor's latents keep their meaning) for sharper decodes.
+#    latent scaling frozen, so the editor's latents keep their meaning) for sharper decodes, 2 x 400 steps
+#    (held-out PSNR 31.72 -> 31.98 dB after the first 400).
 [ -d "$RUNS/vae_dec/checkpoints/step-00000400" ] || $VIVA train vae --config configs/vae_decoder_finetune.yaml \
   --out "$RUNS/vae_dec" --device cpu init="$RUNS/vae/vae" --no-progress
+[ -d "$RUNS/vae_dec2/checkpoints/step-00000400" ] || $VIVA train vae --config configs/vae_decoder_finetune.yaml \
+  --out "$RUNS/vae_dec2" --device cpu init="$RUNS/vae_dec/vae" data.seed=8 --no-progress
 [ -d "$RUNS/sft2/checkpoints/step-00004000" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft2" --device cpu \
   model.init="$RUNS/sft/model" model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
   train.steps=4000 train.batch_size=32 optim.lr=2.0e-4 optim.warmup_steps=100 train.num_workers=1 train.cpu_threads=2 \
