@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: demo test install browser bench clean
+.PHONY: demo test install browser bench reproduce clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_dit.py
 	$(BIN)/python benchmarks/bench_edit.py
 	$(BIN)/python benchmarks/bench_sft.py
+
+# The whole training chain of the bundled model on this machine's CPU (hours; resumable: re-run to go on).
+reproduce: $(STAMP)
+	VIVA=$(BIN)/viva scripts/train_mini_cpu.sh runs
 
 clean:
 	rm -rf $(VENV) outputs
