@@ -73,9 +73,12 @@ def _run_section(name: str, run: Path) -> list[str]:
     evaluation = run / "eval.json"
     if evaluation.is_file():
         data = json.loads(evaluation.read_text())
+        if data.get("train_part") == "decoder":
+            lines.append(f"- decoder-only fine-tune of `{data.get('init')}` (encoder and latent scaling frozen)")
         if "psnr" in data:
-            lines.append(f"- held-out reconstruction PSNR {data['psnr']:.2f} dB pooled "
-                         f"(per-clip mean {data['psnr_mean']:.2f}, min {data['psnr_min']:.2f}; {data['num_clips']} clips)")
+            clips = f"; {data['psnr_clips']:.2f} dB on the source/target clips alone" if data.get("psnr_clips") else ""
+            lines.append(f"- held-out reconstruction PSNR {data['psnr']:.2f} dB pooled over clips and reference images "
+                         f"(per-clip mean {data['psnr_mean']:.2f}, min {data['psnr_min']:.2f}; {data['num_clips']} clips{clips})")
         if "heads" in data:
             acc = data["heads"]["accuracy"]
             lines.append("- held-out accuracy of the pre-training heads (c0: the first clause): " + ", ".join(
