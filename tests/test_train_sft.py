@@ -321,11 +321,12 @@ def test_init_starts_from_a_saved_editor(config_file, tmp_path):
         ("data.categories=[hybrid]", "SFT trains on primitive edits"),
         ("data.height=36", "do not patchify"),
         ("model.init=/nonexistent/editor", "model.init /nonexistent/editor is not an editor folder"),
+        ("model.preset=lucy-edit model.weights=/tmp model.init=/tmp", "model.init is for the mini editor"),
         ("--export", "--export needs --stop-at STEP"),
     ],
 )
 def test_bad_config_is_one_line_exit_2(config_file, tmp_path, capsys, override, message):
-    assert _train(config_file, tmp_path / "run", override) == 2
+    assert _train(config_file, tmp_path / "run", *override.split()) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()  # nothing written

@@ -290,6 +290,11 @@ class SFTTrainingRun(TrainingRun):
 
             if model.weights is None:
                 raise VivaUserError(f"model.preset {model.preset} needs model.weights, the local weights folder")
+            if model.init is not None:
+                raise VivaUserError(
+                    f"model.init is for the mini editor; model.preset {model.preset} starts from model.weights "
+                    "(point it at the folder to continue from)"
+                )
             check_preset_folder(model.preset, model.weights, model.vlm)
             if size.height % 16 or size.width % 16 or (size.num_frames - 1) % 4:
                 raise VivaUserError(
