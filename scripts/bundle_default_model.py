@@ -57,7 +57,7 @@ def _run_section(name: str, run: Path) -> list[str]:
     steps = summary.get("steps", rows[-1]["step"] if rows else None)
     rows = [row for row in rows if steps is None or row["step"] <= steps]  # the shipped step, not a resumed run's
     batch = train.get("batch_size") or 0
-    per_step = batch * config.get("data", {}).get("frames_per_pair", 1) if name.startswith("vae") else batch  # frames
+    per_step = batch * config.get("data", {}).get("frames_per_pair", 1)  # VAE runs log frames: pairs x frames
     per_step *= config.get("grpo", {}).get("group_size", 1) if name == "grpo" else 1
     lines = [f"### {name} (`{run}`)", ""]
     lines.append(f"- steps: {steps} of {train.get('steps')}, batch {batch}, precision {train.get('mixed_precision')}")

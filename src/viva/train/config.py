@@ -9,6 +9,7 @@ Nested dataclass fields are addressed with dots. Values are parsed as YAML scala
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from pathlib import Path
@@ -138,3 +139,25 @@ def save_config(config: Any, path: str | Path) -> None:
 
     text = yaml.safe_dump(to_dict(config), sort_keys=False)
     atomic_write_bytes(Path(path), text.encode())
+
+
+def read_json_object(path: Path, what: str) -> dict:
+    """The JSON object in `path`, or a one-line VivaUserError ending in `what` (how to fix it)."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise VivaUserError(f"cannot read {path} ({e}); {what}") from None
+    if not isinstance(data, dict):
+        raise VivaUserError(f"{path} is not a JSON object; {what}")
+    return data
+
+
+def component_config(folder: str, option: str, hint: str) -> dict:
+    """config.json of a component folder, after checking the folder is complete."""
+    path = Path(folder)
+    if not path.is_dir():
+        raise VivaUserError(f"{option} folder {path} does not exist; {hint}")
+    for name in ("config.json", "model.safetensors"):
+        if not (path / name).is_file():
+            raise VivaUserError(f"{option} folder {path} has no {name}; {hint}")
+    return read_json_object(path / "config.json", hint)

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import copy
 import io
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -73,6 +72,7 @@ from .batching import (
     example_from_pair,
     to_model_inputs,
 )
+from .config import component_config, read_json_object
 from .harness import OptimConfig, RunConfig, TrainingRun, weights_digest  # noqa: F401 (weights_digest: re-exported)
 from .runtime import step_generator
 
@@ -225,27 +225,6 @@ class SFTObjective(nn.Module):
 # Helpers -------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise VivaUserError(f"cannot read {path} ({e}); {what}") from None
-    if not isinstance(data, dict):
-        raise VivaUserError(f"{path} is not a JSON object; {what}")
-    return data
-
-
-def _component_config(folder: str, option: str, hint: str) -> dict:
-    """config.json of a component folder, after checking the folder is complete."""
-    path = Path(folder)
-    if not path.is_dir():
-        raise VivaUserError(f"{option} folder {path} does not exist; {hint}")
-    for name in ("config.json", "model.safetensors"):
-        if not (path / name).is_file():
-            raise VivaUserError(f"{option} folder {path} has no {name}; {hint}")
-    return _read_json(path / "config.json", hint)
-
-
 VAE_HINT = "train one with `viva train vae --out runs/vae` (it writes runs/vae/vae), or set model.vae=new (tests only)"
 INSTRUCTOR_HINT = (
     "train one with `viva train instructor --out runs/instructor`, set model.instructor_kind=text for the "
@@ -306,14 +285,14 @@ class SFTTrainingRun(TrainingRun):
         if model.vae == NEW:
             latent_channels, spatial = model.new_vae.latent_channels, model.new_vae.spatial_factor
         else:
-            vae_config = _component_config(model.vae, "model.vae", VAE_HINT)
+            vae_config = component_config(model.vae, "model.vae", VAE_HINT)
             if vae_config.get("_class_name", "MiniVAE") != "MiniVAE":
                 raise VivaUserError(f"model.vae folder {model.vae} holds a {vae_config['_class_name']}, not a MiniVAE; {VAE_HINT}")
             latent_channels = int(vae_config.get("latent_channels", 16))
             spatial = int(vae_config.get("spatial_factor", 8))
         # 3. Instructor width: MiniLM's hidden size.
         if model.instructor_kind == "vlm" and model.instructor != NEW:
-            inst = _component_config(model.instructor, "model.instructor", INSTRUCTOR_HINT)
+            inst = component_config(model.instructor, "model.instructor", INSTRUCTOR_HINT)
             if inst.get("_class_name") != "MiniVLMInstructor":
                 raise VivaUserError(
                     f"model.instructor folder {model.instructor} holds a {inst.get('_class_name')}, not a "
@@ -321,7 +300,7 @@ class SFTTrainingRun(TrainingRun):
                 )
         from ..models.instructor import minilm_path
 
-        lm_config = _read_json(minilm_path(None) / "config.json", "give a local MiniLM folder in model.language_model_path")
+        lm_config = read_json_object(minilm_path(None) / "config.json", "give a local MiniLM folder in model.language_model_path")
         hidden = int(lm_config.get("hidden_size", 384))
         if model.init is not None:
             self._resolve_init(latent_channels, hidden)
@@ -350,10 +329,10 @@ class SFTTrainingRun(TrainingRun):
         folder = Path(model.init)
         if not (folder / "model_index.json").is_file():
             raise VivaUserError(f"model.init {folder} is not an editor folder (no model_index.json); {hint}")
-        refiner = _component_config(str(folder / "refiner"), "model.init refiner", hint)
-        denoiser = _component_config(str(folder / "denoiser"), "model.init denoiser", hint)
-        for name, data in (("refiner", refiner), ("denoiser", denoiser)):
-            if data.get("_class_name") not in (None, {"refiner": "MiniTokenRefiner", "denoiser": "MiniDiT"}[name]):
+        refiner = component_config(str(folder / "refiner"), "model.init refiner", hint)
+        denoiser = component_config(str(folder / "denoiser"), "model.init denoiser", hint)
+        for name, data, expected in (("refiner", refiner, "MiniTokenRefiner"), ("denoiser", denoiser, "MiniDiT")):
+            if data.get("_class_name") not in (None, expected):
                 raise VivaUserError(f"model.init {folder}/{name} holds a {data['_class_name']}; {hint}")
         model.refiner = RefinerConfig.from_dict(refiner)
         model.denoiser = MiniDiTConfig.from_dict(denoiser)

@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..models.vae import MiniVAE, MiniVAEConfig, VAELossConfig, vae_loss
+from .config import component_config
 from .harness import OptimConfig, RunConfig, TrainingRun, write_json
 from .world_data import PairSource, StepBatchSampler, VAEFrames, WorldDataConfig, auto_workers, ignore_stop_signals, coerce_numbers, to_unit
 
@@ -78,26 +79,14 @@ class VAETrainConfig:
         if self.train_part == "decoder" and self.init is None:
             raise ValueError("train_part=decoder fine-tunes a trained VAE's decoder; give init=DIR (a saved MiniVAE folder)")
         if self.init is not None:
-            self.model = MiniVAE.config_class.from_dict(_read_config(self.init))
+            hint = "it is not a saved MiniVAE folder: pass e.g. runs/vae/vae (written by `viva train vae`)"
+            self.model = MiniVAE.config_class.from_dict(component_config(self.init, "init", hint))
         if self.model.temporal_mix:
             raise ValueError("the VAE trainer trains frame-wise; model.temporal_mix must be false")
         if self.data.root is None and self.eval.seed == self.data.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}): held-out clips must be unseen")
         if self.data.height % self.model.spatial_factor or self.data.width % self.model.spatial_factor:
             raise ValueError(f"data.height and data.width must be multiples of model.spatial_factor {self.model.spatial_factor}")
-
-
-def _read_config(folder: str) -> dict:
-    """The config.json of a saved MiniVAE folder (one clear error when it is not one)."""
-    import json
-
-    path = Path(folder) / "config.json"
-    if not path.is_file():
-        raise ValueError(f"init={folder} is not a saved MiniVAE folder (no config.json); pass e.g. runs/vae/vae")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); re-save the VAE") from None
 
 
 def _collate_frames(items: list[torch.Tensor]) -> torch.Tensor:
@@ -193,7 +182,8 @@ def evaluate_vae(
 ) -> dict:
     """PSNR (dB, 0..1 scale) of `decode(encode(clip))` (posterior mean, float32) over pairs 0..num_pairs-1
     of `source`: their source and target clips and reference images. Returns the PSNR of the pooled MSE
-    ("psnr"; "psnr_clips": source and target clips only, without the reference images), mean / min per-clip PSNR, and pooled PSNR by clip kind, category and global state."""
+    ("psnr"; "psnr_clips": source and target clips only, without the reference images), mean / min
+    per-clip PSNR, and pooled PSNR by clip kind, category and global state."""
     was_training = vae.training
     vae.eval()
     device = torch.device(device)
@@ -234,11 +224,12 @@ def evaluate_vae(
     if not per_clip:
         raise ValueError("evaluate_vae needs at least one pair")
     psnrs = [_db(m) for m in per_clip]
+    # the source / target clips alone (videos and 1-frame images): what the editor encodes AND decodes;
+    # reference images are only ever encoded
+    clips = groups.get("video", []) + groups.get("image", [])
     return {
         "psnr": _db(float(np.mean(per_clip))),
-        # the source / target clips alone (videos and 1-frame images): what the editor encodes AND decodes;
-        # reference images are only ever encoded
-        "psnr_clips": _db(float(np.mean(groups.get("video", []) + groups.get("image", [])))) if groups.get("video") or groups.get("image") else None,
+        "psnr_clips": _db(float(np.mean(clips))) if clips else None,
         "psnr_mean": float(np.mean(psnrs)),
         "psnr_min": float(np.min(psnrs)),
         "num_clips": len(per_clip),
