@@ -52,11 +52,11 @@ done
   train.steps=4000 train.batch_size=32 optim.lr=2.0e-4 optim.warmup_steps=100 train.num_workers=1 train.cpu_threads=2 \
   train.checkpoint_every=250 train.sample_every=1000 train.log_every=50 --no-progress
 
-# 7. (in progress, started at the end of the session that made stage 6; resume with this same command) A
-#    third, longer SFT schedule from the stage-6 model: 12000 steps at 2e-4 -> 2e-5. Bundle it like stage 6
+# 7. A third SFT schedule from the stage-6 model: 5000 steps at 2e-4 -> 2e-5 (a 12000-step schedule was
+#    started first and dropped at step 269: it could not finish within one session on 2 cores). Bundle it like stage 6
 #    (bundle_default_model.py RUNS/sft3/model --stages vae,vae_dec,vae_dec2,instructor,sft,sft2,sft3
 #    --vae RUNS/vae_dec2/vae) only if its world bench beats 43.1% overall.
-[ -d "$RUNS/sft3/checkpoints/step-00012000" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft3" --device cpu \
+[ -d "$RUNS/sft3/checkpoints/step-00005000" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft3" --device cpu \
   model.init="$RUNS/sft2/model" model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
-  train.steps=12000 train.batch_size=32 optim.lr=2.0e-4 optim.warmup_steps=100 train.num_workers=1 train.cpu_threads=2 \
+  train.steps=5000 train.batch_size=32 optim.lr=2.0e-4 optim.warmup_steps=100 train.num_workers=1 train.cpu_threads=2 \
   train.checkpoint_every=250 train.sample_every=2000 train.log_every=50 --no-progress

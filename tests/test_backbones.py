@@ -364,6 +364,47 @@ def test_two_process_gloo_sft_keeps_ranks_identical(tmp_path, lucy_folder):
     assert result["digests"][0] == result["digests"][1]
 
 
+def test_fsdp_sft_of_the_paper_backbone_matches_ddp(tmp_path, hunyuan_folder):
+    """`torchrun --nproc_per_node 2 -m viva train sft model.preset=hunyuan-llava train.fsdp=true` (gloo): the
+    HunyuanVideo blocks and token refiner are sharded (FSDP2) and the weights after two steps equal a DDP
+    run's to float32 rounding (float32, so that bf16 kernel choices do not blur the comparison); the export
+    loads as a plain editor."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from viva.pipeline import load_editor
+
+    config = tmp_path / "sft.yaml"
+    config.write_text(
+        "data: {height: 32, width: 32, num_frames: 5, max_sprites: 2}\n"
+        f"model: {{preset: hunyuan-llava, weights: {hunyuan_folder}}}\n"
+        "optim: {lr: 1.0e-3, warmup_steps: 1}\n"
+        "train: {steps: 2, batch_size: 2, log_every: 1, checkpoint_every: 2, sample_every: 0, num_workers: 0,\n"
+        "        tensorboard: false, mixed_precision: 'no', ema_decay: 0.9}\n"
+    )
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for mode in ("ddp", "fsdp"):
+        result = subprocess.run(
+            [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "viva", "train", "sft", "--config", str(config),
+             "--out", str(tmp_path / mode), "--no-progress", f"train.fsdp={mode == 'fsdp'}"],
+            capture_output=True, text=True, timeout=240, env=env,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert ("FSDP: trainable modules sharded" in result.stderr) == (mode == "fsdp")
+    for part in ("refiner", "denoiser"):
+        ddp, fsdp = (load_file(str(tmp_path / mode / "model" / part / "model.safetensors")) for mode in ("ddp", "fsdp"))
+        assert ddp.keys() == fsdp.keys() and len(ddp) > 0
+        assert max(float((ddp[k] - fsdp[k]).abs().max()) for k in ddp) < 1e-5, part
+    sync = [[json.loads(x) for x in (tmp_path / "fsdp" / "sync" / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    assert sync[0][-1]["sha256"] == sync[1][-1]["sha256"] != sync[0][0]["sha256"]  # trained, ranks agree
+    editor = load_editor(tmp_path / "fsdp" / "model")
+    assert type(editor.denoiser).__name__ == "HunyuanDenoiser"
+
+
 def test_viva_train_sft_then_grpo_with_a_preset(tmp_path, lucy_folder, capsys):
     """`viva train sft model.preset=lucy-edit model.weights=DIR` on world data exports RUN/model; `viva train grpo
     --init RUN/model` post-trains it with a LoRA and exports the merged model."""

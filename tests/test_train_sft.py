@@ -244,6 +244,57 @@ def test_two_processes_keep_identical_weights(config_file, tmp_path):
     assert (run / "model" / "model_index.json").is_file()
 
 
+def _torchrun(config_file: Path, run: Path, *args: str) -> subprocess.CompletedProcess:
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    return subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "viva", "train", "sft", "--config", str(config_file),
+         "--out", str(run), "--no-progress", *args],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def _sync(run: Path, step: int) -> list[str]:
+    """Each rank's digest of its full trainable weights at `step`."""
+    records = [[json.loads(x) for x in (run / "sync" / f"rank-{r}.jsonl").read_text().splitlines()] for r in (0, 1)]
+    return [[x for x in rank if x["step"] == step][-1]["sha256"] for rank in records]
+
+
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
+def test_fsdp_two_processes_shard_train_and_resume_like_ddp(config_file, tmp_path):
+    """`train.fsdp=true` under torchrun (gloo): the refiner and DiT are sharded (FSDP2), both ranks end with
+    the same full weights, checkpoints and the export hold full tensors, a preview is drawn, and a run
+    checkpointed under DDP at step 2 resumes under FSDP to the very weights of the uninterrupted FSDP run
+    (sharded AdamW moments and EMA restored from full tensors)."""
+    fsdp, mixed = tmp_path / "fsdp", tmp_path / "mixed"
+    result = _torchrun(config_file, fsdp, "train.steps=3", "train.fsdp=true", "train.sample_every=3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FSDP: trainable modules sharded over 2 processes" in result.stderr
+    digests = _sync(fsdp, 3)
+    assert digests[0] == digests[1] != _sync(fsdp, 0)[0]
+    assert (fsdp / "samples" / "step-00000003.png").is_file()
+    exported = _weights(fsdp / "model")
+    checkpoint = load_file(str(fsdp / "checkpoints" / "step-00000003" / "ema.safetensors"))
+    assert set(checkpoint) <= set(exported)
+    for key, value in checkpoint.items():  # full shapes, and the export is the EMA
+        assert torch.equal(exported[key].float(), value), key
+
+    result = _torchrun(config_file, mixed, "train.steps=3", "--stop-at", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "FSDP" not in result.stderr
+    result = _torchrun(config_file, mixed, "train.steps=3", "train.fsdp=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resuming" in result.stderr and "FSDP: trainable" in result.stderr
+    assert _sync(mixed, 3) == digests
+    resumed = _weights(mixed / "model")
+    assert all(torch.equal(resumed[k], exported[k]) for k in exported)
+
+
+def test_fsdp_in_one_process_is_a_note(config_file, tmp_path, capsys):
+    assert _train(config_file, tmp_path / "one", "train.steps=1", "train.fsdp=true") == 0
+    assert "train.fsdp: one process, nothing to shard" in capsys.readouterr().err
+    assert (tmp_path / "one" / "model" / "model_index.json").is_file()
+
+
 def test_loss_decreases_on_a_small_fixed_set(config_file, tmp_path):
     run = tmp_path / "run"
     code = _train(config_file, run, "train.steps=30", "train.checkpoint_every=100", "train.batch_size=4",

@@ -9,6 +9,10 @@ A trainer subclasses `TrainingRun` and fills in four hooks:
     compute_loss(batch)      -> (loss, {name: float}) for one batch (under autocast)
     finish()                 -> {summary}: final evaluation and export (main process only)
 
+A trainer whose config has `train.fsdp` (SFT) may set it: with several processes the trainable modules are
+sharded (viva.train.sharding) instead of wrapped in DDP; `use_plain_modules(modules)` then
+gets unsharded copies holding the final weights on the main process before `finish()`.
+
 A step makes one optimizer update from `compute_loss`; a trainer that makes several from one batch (PPO
 epochs over a rollout: Edit-GRPO) overrides `step_losses(batch)` instead, yielding one (loss, stats) per
 update.
@@ -142,16 +146,18 @@ def write_json(path: Path, data: Any) -> None:
 
 
 def weights_digest(modules: dict) -> str:
-    """SHA-256 of modules' float32 parameters and buffers (CPU bytes, sorted keys); any object with a
+    """SHA-256 of modules' full float32 parameters and buffers (CPU bytes, sorted keys); any object with a
     `state_dict()` will do."""
     import hashlib
 
+    from .sharding import full_tensors
+
     h = hashlib.sha256()
     for name in sorted(modules):
-        state = modules[name].state_dict()
+        state = full_tensors(modules[name].state_dict())  # sharded (FSDP) weights: gathered, a collective
         for key in sorted(state):
             h.update(f"{name}.{key}".encode())
-            h.update(state[key].detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+            h.update(state[key].to(torch.float32).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -258,6 +264,55 @@ class TrainingRun:
         """What checkpoints hold: `self.modules` by default (objects with state_dict / load_state_dict)."""
         return self.modules
 
+    def use_plain_modules(self, modules: dict[str, nn.Module]) -> None:
+        """FSDP only, main process, before `finish()`: unsharded copies of `self.modules` holding the final
+        (EMA) weights; a trainer puts them where `finish()` reads them. Default: `self.modules`."""
+        self.modules = modules
+
+    # -- sharding (FSDP) ---------------------------------------------------------------------------------
+    @property
+    def sharded(self) -> bool:
+        return getattr(self, "_skeletons", None) is not None
+
+    def _shard(self) -> None:
+        """train.fsdp with several processes: keep parameter-less copies of the trainable modules (for
+        previews and the export), then shard them in place."""
+        from .sharding import meta_skeleton, shard_model
+
+        self._skeletons = {name: meta_skeleton(module) for name, module in self.modules.items()}
+        units = shard_model(self.model, self.modules)
+        self.log(f"FSDP: trainable modules sharded over {self.world} processes ({units} units)")
+
+    def trainable_state(self, ema: EMA | None = None) -> dict[str, torch.Tensor]:
+        """Full CPU copies of the trainable weights ("name.param"), the EMA's where there is one. Under
+        FSDP a collective: call it on every process."""
+        from .checkpoint import module_state
+        from .sharding import full_tensors
+
+        state = module_state(self.modules)
+        if ema is not None:
+            state.update(full_tensors(ema.state_dict()))
+        return state
+
+    def plain_copies(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, nn.Module]:
+        """Unsharded copies of the trainable modules (on this run's device), holding `state` when given."""
+        import copy
+
+        from .checkpoint import load_module_state
+        from .sharding import materialize
+
+        if self.sharded:
+            copies = {}
+            for name, skeleton in self._skeletons.items():
+                prefix = f"{name}."
+                own = {k[len(prefix):]: v for k, v in (state or {}).items() if k.startswith(prefix)}
+                copies[name] = materialize(skeleton, own, self.device)
+            return copies
+        copies = {name: copy.deepcopy(module) for name, module in self.modules.items()}
+        if state is not None:
+            load_module_state(copies, state)
+        return copies
+
     # -- helpers -----------------------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
@@ -342,6 +397,11 @@ class TrainingRun:
         self.accelerator = _make_accelerator(self.train.device, self.train.mixed_precision, self.accelerator_kwargs())
         self.is_main = self.accelerator.is_main_process
         self.rank, self.world = self.accelerator.process_index, self.accelerator.num_processes
+        if self.accelerator.distributed_type.value == "FSDP":
+            raise VivaUserError(
+                "accelerate's own FSDP is not used by viva: launch with a multi-GPU config "
+                "(configs/accelerate/ddp.yaml) and set train.fsdp=true to shard the trainable modules"
+            )
         self._check_config()
         if self.train.cpu_threads > 0:
             torch.set_num_threads(self.train.cpu_threads)
@@ -353,6 +413,12 @@ class TrainingRun:
         # 1. Model, optimizer, EMA (initialised from the seed), then the newest checkpoint.
         torch.manual_seed(self.train.seed)
         self.modules = self.build()
+        self._skeletons = None
+        if getattr(self.train, "fsdp", False):
+            if self.world > 1:
+                self._shard()
+            else:
+                self.log("train.fsdp: one process, nothing to shard (launch several with accelerate launch / torchrun)")
         groups = self.param_groups()
         for group in groups:
             group.setdefault("lr", self.optim.lr)
@@ -368,13 +434,14 @@ class TrainingRun:
             if ema is not None and ema_state is not None:
                 ema.load_state_dict(ema_state)
             self.log(f"resuming {self.run_dir} from step {step} ({checkpoint.name})")
-        self.model, optimizer = self.accelerator.prepare(self.model, optimizer)
+        if not self.sharded:  # sharded: FSDP reduce-scatters the gradients itself; nothing to wrap
+            self.model, optimizer = self.accelerator.prepare(self.model, optimizer)
         logger = RunLogger(self.run_dir, enabled=self.is_main, tensorboard=self.train.tensorboard)
         logger.truncate_after(step)
         params = [p for g in optimizer.param_groups for p in g["params"]]
 
         def checkpoint_now(at: int) -> None:
-            if self.is_main:
+            if self.is_main or self.sharded:  # sharded: every rank gathers, the main one writes
                 save_checkpoint(
                     self.run_dir,
                     at,
@@ -383,6 +450,7 @@ class TrainingRun:
                     ema=ema.state_dict() if ema is not None else None,
                     state={"component": self.component},
                     keep=self.train.keep_checkpoints,
+                    write=self.is_main,
                 )
             self.accelerator.wait_for_everyone()
 
@@ -418,7 +486,10 @@ class TrainingRun:
                         loss, stats = update
                         self.accelerator.backward(loss)
                         if self.optim.grad_clip > 0:
-                            norm = self.accelerator.clip_grad_norm_(params, self.optim.grad_clip)
+                            if self.sharded:
+                                norm = torch.nn.utils.clip_grad_norm_(params, self.optim.grad_clip).full_tensor()
+                            else:
+                                norm = self.accelerator.clip_grad_norm_(params, self.optim.grad_clip)
                             stats["grad_norm"] = float(norm)
                         optimizer.step()
                         optimizer.zero_grad(set_to_none=True)
@@ -461,6 +532,11 @@ class TrainingRun:
             self.log(f"exporting the partial model of step {step} of {self.train.steps}; run again without --export to resume")
 
         # 3. Evaluation and export.
+        if self.sharded:  # gather the final (EMA) weights on every rank; the main one exports plain copies
+            state = self.trainable_state(ema)
+            if self.is_main:
+                self.use_plain_modules(self.plain_copies(state))
+            ema = None
         if self.is_main:
             if ema is not None:
                 ema.copy_to()

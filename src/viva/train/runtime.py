@@ -54,9 +54,12 @@ class EMA:
         return self.shadow
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Full tensors (a checkpoint's); each rank keeps its shard of sharded parameters (FSDP)."""
+        from .sharding import distribute_like
+
         for key, value in state.items():
             if key in self.shadow:
-                self.shadow[key].copy_(value)
+                self.shadow[key].copy_(distribute_like(value, self.shadow[key]))
 
     @torch.no_grad()
     def copy_to(self) -> None:

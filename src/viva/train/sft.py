@@ -72,8 +72,9 @@ from .batching import (
     example_from_pair,
     to_model_inputs,
 )
+from .checkpoint import load_module_state
 from .config import component_config, read_json_object
-from .harness import OptimConfig, RunConfig, TrainingRun, weights_digest  # noqa: F401 (weights_digest: re-exported)
+from .harness import RUNTIME_KEYS, OptimConfig, RunConfig, TrainingRun, weights_digest  # noqa: F401 (weights_digest: re-exported)
 from .runtime import step_generator
 
 __all__ = [
@@ -175,7 +176,8 @@ class SFTModelConfig:
 
 @dataclass
 class SFTRunConfig(RunConfig):
-    """RunConfig plus previews: every `sample_every` steps (0: never) with `sample_steps` Euler steps."""
+    """RunConfig plus previews: every `sample_every` steps (0: never) with `sample_steps` Euler steps;
+    `fsdp`: shard the refiner and DiT across processes (FSDP2) instead of replicating them (DDP)."""
 
     steps: int = 10000
     batch_size: int = 64
@@ -184,6 +186,7 @@ class SFTRunConfig(RunConfig):
     log_every: int = 20
     sample_every: int = 1000
     sample_steps: int = 10
+    fsdp: bool = False
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -238,6 +241,7 @@ INSTRUCTOR_HINT = (
 class SFTTrainingRun(TrainingRun):
     component = "editor"
     unit = "samples"
+    runtime_keys = RUNTIME_KEYS | {"train.fsdp"}  # checkpoints hold full tensors either way
 
     def __init__(self, config: SFTConfig, run_dir, stop_at: int | None = None, progress: bool = True, export: bool = False):
         super().__init__(config, run_dir, stop_at=stop_at, progress=progress, export=export)
@@ -495,8 +499,13 @@ class SFTTrainingRun(TrainingRun):
             self._check_sync(step)
         if train.sample_every and (step % train.sample_every == 0 or last) and step != self._last_preview:
             self._last_preview = step
+            state = self.trainable_state(ema) if self.sharded else None  # a collective under FSDP
             if self.is_main:
-                self.write_preview(step, ema)
+                self.write_preview(step, ema, state)
+
+    def use_plain_modules(self, modules) -> None:
+        self.modules = modules
+        self.editor.refiner, self.editor.denoiser = modules["refiner"], modules["denoiser"]
 
     def finish(self) -> dict:
         from ..pipeline import save_editor
@@ -542,31 +551,31 @@ class SFTTrainingRun(TrainingRun):
         return self._previews
 
     @torch.no_grad()
-    def _preview_editor(self, ema) -> VivaEditor:
-        """An editor sharing the frozen parts, with copies of the trainable parts holding the EMA weights."""
+    def _preview_editor(self, ema, state=None) -> VivaEditor:
+        """An editor sharing the frozen parts, with copies of the trainable parts holding the EMA weights
+        (`state`: the full trainable weights, EMA included, gathered beforehand under FSDP)."""
+        if state is None:
+            state = {f"{name}.{k}": v for name in ("refiner", "denoiser") for k, v in getattr(self.editor, name).state_dict().items()}
+            if ema is not None:
+                state.update(ema.state_dict())
         if getattr(self, "_preview_parts", None) is None:
-            self._preview_parts = {"refiner": copy.deepcopy(self.editor.refiner), "denoiser": copy.deepcopy(self.editor.denoiser)}
+            self._preview_parts = self.plain_copies(state)
         parts = self._preview_parts
-        for name, module in parts.items():
-            module.load_state_dict(getattr(self.editor, name).state_dict())
-            module.eval()
-        if ema is not None:
-            params = {f"{name}.{key}": p for name, m in parts.items() for key, p in m.named_parameters()}
-            for key, value in ema.state_dict().items():
-                params[key].copy_(value.to(params[key].dtype))
+        load_module_state(parts, state)
         editor = VivaEditor(self.editor.vae, self.editor.instructor, parts["refiner"], parts["denoiser"], self.editor.config)
         return editor.eval()
 
     @torch.no_grad()
-    def write_preview(self, step: int, ema=None) -> Path:
+    def write_preview(self, step: int, ema=None, state=None) -> Path:
         """Edit the held-out preview pairs with the EMA weights and write RUN/samples/step-N.png: per pair,
-        its category and instruction, then one row per frame of source | result | target (| reference)."""
+        its category and instruction, then one row per frame of source | result | target (| reference).
+        `state`: the trainable weights gathered beforehand (FSDP)."""
         from PIL import Image
 
         from ..data.preview import _header, fit_image, grid_image, stack_images, title_row, upscale
         from ..io.atomic import atomic_write_bytes
 
-        editor = self._preview_editor(ema)
+        editor = self._preview_editor(ema, state)
         cfg = editor.config
         scale = 2
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train.mixed_precision == "bf16")
