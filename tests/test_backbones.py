@@ -447,6 +447,30 @@ def test_viva_train_sft_then_grpo_with_a_preset(tmp_path, lucy_folder, capsys):
     assert type(merged.denoiser).__name__ == "WanDenoiser"
 
 
+def test_sft_with_a_bf16_offloaded_vlm_instructor(tmp_path, hunyuan_folder, capsys):
+    """At scale the frozen LLaVA dominates memory: model.instructor_dtype=bfloat16 halves it and
+    model.offload_frozen=true keeps it (and the VAE) in CPU memory between uses. Two SFT steps of the
+    paper's preset run so, and the exported instructor is bf16."""
+    from safetensors.torch import load_file
+
+    from viva.cli import main
+
+    config = tmp_path / "sft.yaml"
+    config.write_text(
+        "data: {height: 32, width: 32, num_frames: 5, max_sprites: 2}\n"
+        f"model: {{preset: hunyuan-llava, weights: {hunyuan_folder}, instructor_dtype: bfloat16, offload_frozen: true}}\n"
+        "train: {steps: 2, batch_size: 2, log_every: 1, checkpoint_every: 2, sample_every: 2, sample_steps: 2,\n"
+        "        num_workers: 0, tensorboard: false}\n"
+    )
+    code = main(["train", "sft", "--config", str(config), "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    losses = [json.loads(x)["loss"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
+    weights = load_file(str(tmp_path / "run" / "model" / "instructor" / "model.safetensors"))
+    dtypes = {v.dtype for k, v in weights.items() if v.is_floating_point()}
+    assert dtypes == {torch.bfloat16}, dtypes
+
+
 def test_shipped_lucy_sft_config_parses_and_names_the_missing_weights(tmp_path, capsys):
     from pathlib import Path
 

@@ -95,6 +95,7 @@ BAD = {
     "zero steps": (["in.mp4", "-i", "x", "--steps", "0"], "--steps"),
     "bad guidance": (["in.mp4", "-i", "x", "--guidance", "abc"], "invalid number"),
     "unknown device": (["in.mp4", "-i", "x", "--device", "quantum"], "unknown --device 'quantum'"),
+    "vlm without a preset": (["in.mp4", "-i", "x", "--vlm", "model"], "go with --preset"),
 }
 
 
@@ -119,6 +120,16 @@ def test_bad_inputs_exit_2_with_one_line_and_no_output(work, case):
     assert "Traceback" not in out.stderr
     assert expected in lines[0], lines[0]
     assert set(os.listdir(work)) == before  # no output, preview or temporary file left
+
+
+def test_offload_edits_the_same(work):
+    """`--offload` (VAE and instructor kept in CPU memory, visiting --device per use) changes where weights
+    live, not the result: the same frames as without it."""
+    args = ["in.mp4", "-i", "make the square red", "--ref", "ref.png", "--model", "model", "--steps", "3", "--no-progress"]
+    for name, extra in (("plain.mp4", []), ("offload.mp4", ["--offload"])):
+        out = viva("edit", *args, "-o", name, *extra, cwd=work)
+        assert out.returncode == 0, out.stderr
+    assert np.array_equal(read_video(work / "plain.mp4")[0], read_video(work / "offload.mp4")[0])
 
 
 def test_no_model_and_no_bundled_model_is_one_line(work, monkeypatch, capsys):

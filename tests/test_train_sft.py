@@ -295,6 +295,21 @@ def test_fsdp_in_one_process_is_a_note(config_file, tmp_path, capsys):
     assert (tmp_path / "one" / "model" / "model_index.json").is_file()
 
 
+def test_offloaded_encoders_train_the_same(config_file, tmp_path, capsys):
+    """model.offload_frozen=true keeps the VAE and instructor in CPU memory (visiting the device per use):
+    the same losses and weights as without; model.instructor_dtype is refused for the mini instructor."""
+    assert _train(config_file, tmp_path / "plain", "train.steps=2") == 0
+    assert _train(config_file, tmp_path / "offload", "train.steps=2", "model.offload_frozen=true") == 0
+    assert [r["loss"] for r in _metrics(tmp_path / "plain")] == [r["loss"] for r in _metrics(tmp_path / "offload")]
+    a, b = _weights(tmp_path / "plain" / "model"), _weights(tmp_path / "offload" / "model")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    capsys.readouterr()
+    assert _train(config_file, tmp_path / "bf16", "model.instructor_dtype=bfloat16") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.instructor_dtype is for model.preset" in err[0]
+    assert not (tmp_path / "bf16").exists()
+
+
 def test_loss_decreases_on_a_small_fixed_set(config_file, tmp_path):
     run = tmp_path / "run"
     code = _train(config_file, run, "train.steps=30", "train.checkpoint_every=100", "train.batch_size=4",

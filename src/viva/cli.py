@@ -277,8 +277,13 @@ def add_edit_command(commands) -> None:
                       help="model folder (from training or save_pretrained; default: the bundled default model)")
     edit.add_argument("--preset", metavar="NAME",
                       help="full-scale backbone preset instead of --model: wan-t2v, lucy-edit, wan-qwen or hunyuan-llava "
-                      "(docs/backbones.md; VLM presets read WEIGHTS/vlm)")
+                      "(docs/backbones.md)")
     edit.add_argument("--weights", metavar="DIR", help="with --preset: the LOCAL pretrained weights folder")
+    edit.add_argument("--vlm", metavar="DIR",
+                      help="with --preset wan-qwen / hunyuan-llava: the LOCAL VLM folder (default WEIGHTS/vlm)")
+    edit.add_argument("--offload", action="store_true",
+                      help="keep the VAE and instructor in CPU memory, on --device only while they run "
+                      "(big backbones on a small GPU; slower)")
     edit.add_argument("--size", metavar="WxHxT",
                       help="with --preset: the clip size to edit at, e.g. 832x480x81 (T = 1 + 4k; default: the preset's)")
     edit.add_argument("--steps", type=_whole_number, metavar="N", help="denoising steps (model default: 20)")
@@ -340,8 +345,8 @@ def _preset_args(args):
     """`viva edit --preset NAME --weights DIR [--size WxHxT]` -> None (no preset) or (name, (H, W, T)),
     after cheap checks of the weights folder."""
     if args.preset is None:
-        if args.weights is not None or args.size is not None:
-            raise VivaUserError("--weights and --size go with --preset NAME; for a viva model folder use --model DIR")
+        if args.weights is not None or args.size is not None or args.vlm is not None:
+            raise VivaUserError("--weights, --vlm and --size go with --preset NAME; for a viva model folder use --model DIR")
         return None
     from .models.backbones import PRESET_SIZES, check_preset_folder
 
@@ -349,7 +354,7 @@ def _preset_args(args):
         raise VivaUserError("give --model DIR or --preset NAME --weights DIR, not both")
     if args.weights is None:
         raise VivaUserError(f"--preset {args.preset} needs --weights DIR, the local pretrained weights folder")
-    check_preset_folder(args.preset, args.weights)
+    check_preset_folder(args.preset, args.weights, args.vlm)
     height, width, frames = PRESET_SIZES[args.preset]
     if args.size is not None:
         parts = args.size.lower().split("x")
@@ -418,14 +423,18 @@ def cmd_edit(args) -> int:
         notes += ref_notes
 
     # 3. Load the model and edit.
+    placed = None if args.offload else device  # --offload: loaded in CPU memory, then placed part by part
     if preset is None:
-        pipe = VivaPipeline.from_pretrained(model, device=device, precision=args.precision)
+        pipe = VivaPipeline.from_pretrained(model, device=placed, precision=args.precision)
     else:
         from .models.backbones import load_preset
 
         height, width, length = preset[1]
-        editor = load_preset(args.preset, args.weights, height=height, width=width, num_frames=length, device=device)
+        editor = load_preset(args.preset, args.weights, height=height, width=width, num_frames=length, device=placed,
+                             vlm=args.vlm)
         pipe = VivaPipeline(editor, precision=args.precision)
+    if args.offload:
+        pipe.enable_model_cpu_offload(device)
     result = pipe(
         frames,
         instruction,

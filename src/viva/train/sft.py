@@ -151,7 +151,9 @@ class SFTModelConfig:
     the mini fields above are then unused. init: a saved editor folder (`viva train sft` -> RUN/model, or
     the bundled default model) whose refiner and DiT start this run (their configs replace refiner /
     denoiser): fine-tuning or a longer second schedule; vae and instructor must be the ones it was
-    trained with (a decoder fine-tune of that VAE is fine: same latents)."""
+    trained with (a decoder fine-tune of that VAE is fine: same latents). offload_frozen: keep the frozen
+    VAE and instructor in CPU memory, on the GPU only while they encode (VivaEditor.offload_frozen).
+    instructor_dtype: bfloat16 halves a backbone instructor's memory (LLaVA-8B: 32 -> 16 GB; presets only)."""
 
     init: str | None = None
     vae: str = "runs/vae/vae"
@@ -163,6 +165,8 @@ class SFTModelConfig:
     refiner: RefinerConfig = field(default_factory=RefinerConfig)
     denoiser: MiniDiTConfig = field(default_factory=MiniDiTConfig)
     gradient_checkpointing: bool = False
+    offload_frozen: bool = False
+    instructor_dtype: str = "float32"
     preset: str | None = None
     weights: str | None = None
     vlm: str | None = None
@@ -170,6 +174,8 @@ class SFTModelConfig:
     def __post_init__(self) -> None:
         if self.instructor_kind not in ("vlm", "text"):
             raise ValueError(f"model.instructor_kind must be vlm or text, got {self.instructor_kind!r}")
+        if self.instructor_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"model.instructor_dtype must be float32 or bfloat16, got {self.instructor_dtype!r}")
         if isinstance(self.new_instructor.vision, dict):
             self.new_instructor.vision = VisionConfig.from_dict(self.new_instructor.vision)
 
@@ -285,6 +291,11 @@ class SFTTrainingRun(TrainingRun):
                     f"{model.preset}: height and width must be multiples of 16, frames 1 + 4k (e.g. data.num_frames=5)"
                 )
             return
+        if model.instructor_dtype != "float32":
+            raise VivaUserError(
+                "model.instructor_dtype is for model.preset backbones; the mini instructor stays float32 "
+                "(bf16 autocast already runs its matmuls in bf16)"
+            )
         # 2. VAE latent channels and spatial factor.
         if model.vae == NEW:
             latent_channels, spatial = model.new_vae.latent_channels, model.new_vae.spatial_factor
@@ -366,7 +377,9 @@ class SFTTrainingRun(TrainingRun):
                 denoiser = MiniDiT(cfg.model.denoiser)
             editor = VivaEditor(vae, instructor, refiner, denoiser, cfg.editor)
         denoiser.gradient_checkpointing = cfg.model.gradient_checkpointing
-        editor.to(device)
+        if cfg.model.instructor_dtype == "bfloat16":
+            instructor.to(torch.bfloat16)
+        editor.place(device, offload_frozen=cfg.model.offload_frozen)
         if device.type == "cuda":
             vae.to(memory_format=torch.channels_last)
         self.editor = editor
