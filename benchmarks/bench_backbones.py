@@ -7,6 +7,9 @@ configs of the real diffusers / transformers classes (`viva.models.backbones.tin
 Prints a Markdown table. FLOPs of one SFT step (refiner + DiT forward and backward, frozen encoders
 excluded) are counted with torch.utils.flop_counter; MFU = FLOPs / step time / --peak-tflops (default
 989: H100 SXM dense bf16). Peak memory is CUDA's max_memory_allocated during the step (n/a on CPU).
+Activation memory (any device) is measured, not estimated: the bytes of the distinct tensors autograd saves
+for the backward of one training forward (torch.autograd.graph.saved_tensors_hooks), weights excluded;
+the bf16 copies of the weights that autocast makes (they live until the backward too) are counted apart.
 """
 
 from __future__ import annotations
@@ -30,6 +33,49 @@ def count(module: torch.nn.Module) -> float:
     return sum(p.numel() for p in module.parameters()) / 1e6
 
 
+VIEWS = {"TBackward0", "ViewBackward0", "UnsafeViewBackward0", "PermuteBackward0", "TransposeBackward0", "ExpandBackward0"}
+
+
+def _is_weight_copy(t: torch.Tensor, param_ids: set[int]) -> bool:
+    """A cast of a parameter (autocast's bf16 weight copy, maybe seen through a transpose or view): a chain
+    of views and one ToCopy ending at a parameter's AccumulateGrad."""
+    fn, copied = t.grad_fn, False
+    for _ in range(6):
+        if fn is None:
+            return False
+        name = type(fn).__name__
+        if name == "AccumulateGrad":
+            return copied and id(fn.variable) in param_ids
+        if name == "ToCopyBackward0":
+            copied = True
+        elif name not in VIEWS:
+            return False
+        parents = [f for f, _ in fn.next_functions if f is not None]
+        if len(parents) != 1:
+            return False
+        fn = parents[0]
+    return False
+
+
+def saved_bytes(forward, params) -> tuple[torch.Tensor, int, int]:
+    """Run `forward()`; returns (its output, bytes of the distinct activation storages autograd keeps for
+    the backward, bytes of the weight copies it keeps). The storages of `params` themselves are not counted."""
+    weights = {p.untyped_storage().data_ptr() for p in params}
+    param_ids = {id(p) for p in params}
+    activations: dict[int, int] = {}
+    copies: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in weights:
+            (copies if _is_weight_copy(t, param_ids) else activations)[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = forward()
+    return out, sum(activations.values()), sum(copies.values())
+
+
 def bench(preset: str, root: Path, args) -> dict:
     w, h, t = (int(v) for v in args.size.split("x"))
     folder = save_tiny_preset(preset, root / preset, width=args.width, layers=args.layers)
@@ -46,14 +92,19 @@ def bench(preset: str, root: Path, args) -> dict:
         target = editor.encode_video(pixels).float()
     cond.source = cond.source.float()
 
-    def step():
+    def forward():
         with autocast:
-            loss, _ = editor.training_loss(cond, target, None, torch.Generator().manual_seed(1))
-        loss.backward()
+            return editor.training_loss(cond, target, None, torch.Generator().manual_seed(1))[0]
+
+    def step():
+        forward().backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
     step()  # warm-up
+    loss, activation, weight_copies = saved_bytes(forward, trainable)
+    loss.backward()
+    opt.zero_grad(set_to_none=True)
     with FlopCounterMode(display=False) as counter:
         step()
     flops = counter.get_total_flops()
@@ -73,6 +124,8 @@ def bench(preset: str, root: Path, args) -> dict:
         "frozen_M": count(editor.vae) + count(editor.instructor),
         "latent_tokens": int(target[0, 0].numel() / 4),
         "step_s": seconds,
+        "activation_MiB": activation / 2**20,
+        "weight_copies_MiB": weight_copies / 2**20,
         "peak_GiB": peak,
         "TFLOP_step": flops / 1e12,
         "MFU": flops / seconds / (args.peak_tflops * 1e12),
