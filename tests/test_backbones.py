@@ -239,13 +239,17 @@ def test_missing_or_incomplete_weights_folder_is_one_clear_line(tmp_path, lucy_f
 
 
 def test_backbone_editor_round_trips_through_a_viva_model_folder(tmp_path, lucy_folder):
+    """save_editor / load_editor give the same tokens and velocity bit for bit."""
     from viva.pipeline import load_editor, save_editor
 
     editor = load_preset("lucy-edit", lucy_folder[1], height=SIZE, width=SIZE, num_frames=FRAMES,
                          max_sequence_length=MAX_LEN)
     save_editor(editor, tmp_path / "model")
-    again = load_editor(tmp_path / "model")
+    again = load_editor(tmp_path / "model")  # built on the meta device, then filled from the files
     assert again.config == editor.config
+    assert not any(t.is_meta for t in list(again.parameters()) + list(again.buffers()))
+    encoder = again.instructor.encoder  # UMT5: the file stores the tied embedding once; the tie is restored
+    assert encoder.shared.weight is encoder.encoder.embed_tokens.weight
     g = torch.Generator().manual_seed(0)
     cond, target, _ = _batch(editor, g)
 

@@ -27,6 +27,7 @@ from viva.models.backbones.wan import (
     TransformerDenoiser,
     _inner_config,
     _load_weights,
+    empty_weights,
     _read_folder,
     _write_folder,
     widen_patch_embedding,
@@ -59,7 +60,9 @@ class HunyuanVAE(VideoAutoencoder):
         from diffusers import AutoencoderKLHunyuanVideo
 
         data = _read_folder(cls, directory)
-        model = _load_weights(cls(AutoencoderKLHunyuanVideo.from_config(data["inner"])), directory)
+        with empty_weights():
+            model = cls(AutoencoderKLHunyuanVideo.from_config(data["inner"]))
+        model = _load_weights(model, directory)
         return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -104,7 +107,9 @@ class HunyuanRefiner(TokenRefiner):
         from diffusers.models.transformers.transformer_hunyuan_video import HunyuanVideoTokenRefiner
 
         data = _read_folder(cls, directory)
-        model = _load_weights(cls(HunyuanVideoTokenRefiner(**data["inner"]), data["inner"]), directory)
+        with empty_weights():
+            model = cls(HunyuanVideoTokenRefiner(**data["inner"]), data["inner"])
+        model = _load_weights(model, directory)
         return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
 
     def forward(self, tokens, mask, timestep=None):

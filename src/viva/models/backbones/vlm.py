@@ -23,7 +23,7 @@ from torch import nn
 
 from viva.errors import VivaUserError
 from viva.models.backbones.folders import check_component
-from viva.models.backbones.wan import _load_weights, _read_folder, _write_folder
+from viva.models.backbones.wan import _load_weights, _read_folder, _write_folder, empty_weights
 from viva.models.interfaces import Instructor, InstructorOutput
 
 SYSTEM_PROMPT = (
@@ -114,7 +114,8 @@ class VLMInstructor(Instructor):
         inner = dict(data["inner"])
         inner.pop("model_type", None)
         config = AutoConfig.for_model(kind, **inner)
-        model = getattr(transformers, KINDS[kind])(config)
+        with empty_weights():
+            model = getattr(transformers, KINDS[kind])(config)
         tokenizer = AutoTokenizer.from_pretrained(str(Path(directory) / "tokenizer"), local_files_only=True)
         processor = cls._processor_class(kind).from_pretrained(str(Path(directory) / "image_processor"))
         out = _load_weights(cls(model, tokenizer, processor, data["system_prompt"], data["max_text_tokens"]), directory)

@@ -64,20 +64,66 @@ def _read_folder(cls, directory) -> dict:
     return data
 
 
+def empty_weights():
+    """Build modules inside this context with their parameters on the meta device (no memory, no random
+    init; buffers such as RoPE tables are real), then fill them with `_load_weights`: loading a 13B
+    checkpoint then costs one read of the file instead of a random initialisation first."""
+    from accelerate import init_empty_weights
+
+    return init_empty_weights(include_buffers=False)
+
+
+def _tied_names(module: nn.Module) -> list[list[str]]:
+    """Groups of parameter names that share one tensor: the same Parameter object in `module`, or a pair
+    a transformers model declares tied (`_tied_weights_keys`; built under `empty_weights()` the Parameter
+    objects are separate until loaded)."""
+    groups: dict[int, list[str]] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(name)
+    ties = [names for names in groups.values() if len(names) > 1]
+    for prefix, sub in module.named_modules():
+        declared = getattr(type(sub), "_tied_weights_keys", None)
+        if isinstance(declared, dict):
+            dot = f"{prefix}." if prefix else ""
+            ties += [[dot + target, dot + source] for target, source in declared.items()]
+    return ties
+
+
 def _load_weights(module: nn.Module, directory) -> nn.Module:
-    from safetensors.torch import load_model
+    """Fill `module` (built normally or under `empty_weights()`) with DIRECTORY/model.safetensors, strictly:
+    every parameter and persistent buffer must be in the file with its shape (parameters tied in the
+    module, which the file stores once, are restored as ties) and nothing else may be. Tensors keep the
+    module's dtypes."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
     path = Path(directory) / "model.safetensors"
     try:
-        missing, unexpected = load_model(module, str(path), strict=False)
-    except Exception as e:  # a corrupt file or a shape mismatch
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise VivaUserError(f"{path} does not fit its config.json ({first}); re-save the model") from None
-    if missing or unexpected:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise VivaUserError(f"{path} is not a readable safetensors file ({e}); re-save the model") from None
+    own = module.state_dict(keep_vars=True)
+    ties = [names for names in ([n for n in g if n in own] for g in _tied_names(module)) if len(names) > 1]
+    stored_once = {n for names in ties for n in names if any(m in state for m in names)}
+    missing = sorted(k for k in own if k not in state and k not in stored_once)
+    unexpected = sorted(k for k in state if k not in own)
+    wrong = sorted(k for k in state if k in own and state[k].shape != own[k].shape)
+    if missing or unexpected or wrong:
         raise VivaUserError(
-            f"{path} does not match its config.json (missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}); "
-            "re-save the model"
+            f"{path} does not match its config.json (missing {missing[:3]}, unexpected {unexpected[:3]}, "
+            f"wrong shape {wrong[:3]}); re-save the model"
         )
+    state = {k: v.to(own[k].dtype) for k, v in state.items()}
+    module.load_state_dict(state, strict=False, assign=True)
+    for names in ties:  # the file stores a tied group once: point the group's other names at that tensor
+        loaded = next((n for n in names if n in state), None)
+        for name in names:
+            if loaded is not None and name not in state:
+                owner, _, leaf = name.rpartition(".")
+                module.get_submodule(owner)._parameters[leaf] = module.get_parameter(loaded)
+    left = [n for n, t in list(module.named_parameters()) + list(module.named_buffers()) if t.is_meta]
+    if left:
+        raise VivaUserError(f"{path} leaves {left[:3]} without weights; re-save the model")
     return module.eval()
 
 
@@ -154,7 +200,9 @@ class WanVAE(VideoAutoencoder):
         from diffusers import AutoencoderKLWan
 
         data = _read_folder(cls, directory)
-        model = _load_weights(cls(AutoencoderKLWan.from_config(data["inner"])), directory)
+        with empty_weights():
+            model = cls(AutoencoderKLWan.from_config(data["inner"]))
+        model = _load_weights(model, directory)
         return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
@@ -185,7 +233,9 @@ class TransformerDenoiser(Denoiser):
     @classmethod
     def from_pretrained(cls, directory, device=None, dtype=None):
         data = _read_folder(cls, directory)
-        model = _load_weights(cls.skeleton(data), directory)
+        with empty_weights():
+            model = cls.skeleton(data)
+        model = _load_weights(model, directory)
         return model.to(device=device, dtype=dtype) if device is not None or dtype is not None else model
 
     @property
@@ -292,7 +342,8 @@ class T5Instructor(Instructor):
             raise VivaUserError(f"{directory}: unknown text encoder {name!r}; known: {', '.join(T5_ENCODERS)}")
         config_class = getattr(transformers, name.replace("EncoderModel", "Config"))
         inner = {k: v for k, v in data["inner"].items() if k not in ("transformers_version", "architectures")}
-        encoder = getattr(transformers, name)(config_class(**inner))
+        with empty_weights():
+            encoder = getattr(transformers, name)(config_class(**inner))
         folder = Path(directory) / "tokenizer"
         if not folder.is_dir():
             raise VivaUserError(f"{directory} has no tokenizer/ folder; re-save the model")
