@@ -344,6 +344,23 @@ def test_vlm_presets_edit_sft_and_round_trip(preset, wan_qwen_folder, hunyuan_fo
         assert torch.allclose(editor.velocity(noisy, cond1, t), again.velocity(noisy, cond1, t), atol=1e-6)
 
 
+def test_lucy_edit_with_a_vlm_instructor(lucy_folder, wan_qwen_folder, tmp_path):
+    """Lucy-Edit's UMT5 swapped for a VLM instructor: `wan-qwen` on a Lucy-Edit folder (vlm=DIR) keeps
+    Lucy's channel-concat transformer as it is (not widened again; same weights) and reads the first frame."""
+    editor = load_preset("wan-qwen", lucy_folder[1], height=SIZE, width=SIZE, num_frames=FRAMES,
+                         vlm=wan_qwen_folder / "vlm")
+    lucy = lucy_folder[0].transformer
+    ours = editor.denoiser.transformer
+    assert ours.config.in_channels == lucy.config.in_channels == 2 * Z
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), lucy.state_dict().values()))
+    assert type(editor.instructor).__name__ == "VLMInstructor"
+    video = np.random.default_rng(3).integers(0, 256, size=(FRAMES, SIZE, SIZE, 3), dtype=np.uint8)
+    from viva.pipeline import VivaPipeline
+
+    result = VivaPipeline(editor)(video, "make the car red", num_inference_steps=2, seed=1)
+    assert result.frames.shape == (FRAMES, SIZE, SIZE, 3)
+
+
 def test_vlm_preset_needs_its_vlm_folder(tmp_path, wan_folder):
     with pytest.raises(VivaUserError, match="vlm/ is missing"):
         load_preset("wan-qwen", wan_folder[1])
