@@ -54,8 +54,16 @@ def shard_model(model: nn.Module, modules: dict[str, nn.Module]) -> int:
     """Shard `modules` (the trainable ones, all held by `model`) in place: blocks, then each module, then
     `model`. Call after the modules are on their device and before the optimizer is built; returns the
     number of FSDP units."""
+    import warnings
+
     from torch.distributed.fsdp import fully_shard
 
+    # HunyuanVideo's single-stream blocks (and so our denoiser) return slices of one tensor; nothing writes
+    # to them in place, and FSDP training of it equals DDP's (tests/test_backbones.py), so FSDP2's warning
+    # about views is noise there.
+    warnings.filterwarnings(
+        "ignore", message=r"FSDP2-wrapped module \(FSDP(HunyuanVideoSingleTransformerBlock|HunyuanDenoiser)\) returned a view"
+    )
     count = 0
     for module in modules.values():
         for block in shard_units(module):
