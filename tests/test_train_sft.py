@@ -289,6 +289,42 @@ def test_fsdp_two_processes_shard_train_and_resume_like_ddp(config_file, tmp_pat
     assert all(torch.equal(resumed[k], exported[k]) for k in exported)
 
 
+@pytest.mark.skipif(shutil.which("torchrun", path=os.path.dirname(sys.executable)) is None, reason="no torchrun")
+def test_sigterm_to_one_rank_stops_both_after_the_same_step(config_file, tmp_path):
+    """A signal that reaches one rank only (here rank 1 of an FSDP run) stops every rank after the same
+    step: the stop flag is all-reduced each step, so the checkpoint gathers match instead of hanging; the
+    checkpoint then resumes."""
+    import psutil
+
+    run = tmp_path / "run"
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    args = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "viva", "train", "sft", "--config", str(config_file),
+            "--out", str(run), "--no-progress", "train.steps=500", "train.checkpoint_every=1000", "train.fsdp=true"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 90
+        metrics = run / "metrics.jsonl"
+        while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
+            assert proc.poll() is None, proc.communicate()[1]
+            time.sleep(0.05)
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+        assert len(workers) == 1
+        workers[0].send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "stopped by signal" in stderr, stderr[-3000:]
+    step = json.loads((latest_checkpoint(run) / "state.json").read_text())["step"]
+    assert 2 <= step < 500
+    resumed = _torchrun(config_file, run, "train.steps=500", "train.checkpoint_every=1000", "train.fsdp=true",
+                        "--stop-at", str(step + 1))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming {run} from step {step}" in resumed.stderr
+    assert (run / "checkpoints" / "latest").read_text().strip() == f"step-{step + 1:08d}"
+
+
 def test_fsdp_in_one_process_is_a_note(config_file, tmp_path, capsys):
     assert _train(config_file, tmp_path / "one", "train.steps=1", "train.fsdp=true") == 0
     assert "train.fsdp: one process, nothing to shard" in capsys.readouterr().err

@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -370,6 +371,18 @@ class TrainingRun:
                 "gradients are not synchronised"
             )
 
+    def _any_rank(self, flag: bool) -> bool:
+        """`flag` OR-ed over the processes (one tiny all-reduce per step): a signal that reached only some
+        ranks, or reached them on either side of a step boundary, stops all of them after the same step,
+        so their checkpoint collectives (FSDP gathers, the barrier) match instead of hanging."""
+        if self.world == 1:
+            return flag
+        import torch.distributed as dist
+
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return bool(value.item() > 0)
+
     def _set_lr(self, optimizer, step: int) -> float:
         factor = lr_factor(step, self.train.steps, self.optim)
         for group in optimizer.param_groups:
@@ -513,8 +526,8 @@ class TrainingRun:
                         checkpoint_now(step)
                         saved_at = step
                     self.after_step(step, ema)
-                    if signal_flag.stop:
-                        exit_code = signal_flag.exit_code
+                    if self._any_rank(signal_flag.stop):  # every rank stops after the same step
+                        exit_code = signal_flag.exit_code or 128 + int(signal.SIGTERM)
                         break
                     fetch_start = time.perf_counter()
             bar.close()
