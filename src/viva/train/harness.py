@@ -303,10 +303,12 @@ class TrainingRun:
         from .sharding import materialize
 
         if self.sharded:
+            if state is None:
+                raise ValueError("the modules are sharded: pass the gathered `trainable_state()`")
             copies = {}
             for name, skeleton in self._skeletons.items():
                 prefix = f"{name}."
-                own = {k[len(prefix):]: v for k, v in (state or {}).items() if k.startswith(prefix)}
+                own = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
                 copies[name] = materialize(skeleton, own, self.device)
             return copies
         copies = {name: copy.deepcopy(module) for name, module in self.modules.items()}
