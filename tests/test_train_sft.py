@@ -195,6 +195,15 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(config_file, tmp_path):
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def _wait_for_steps(proc: subprocess.Popen, run: Path, steps: int, timeout: float) -> None:
+    """Wait until the training subprocess has logged `steps` steps (log_every 1) and is still running."""
+    deadline = time.monotonic() + timeout
+    metrics = run / "metrics.jsonl"
+    while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= steps):
+        assert proc.poll() is None, proc.communicate()[1]
+        time.sleep(0.05)
+
+
 def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(config_file, tmp_path):
     """SIGTERM to the whole process group (as `timeout` or a job scheduler sends it), a DataLoader worker
     included: the worker ignores it, the main process checkpoints and exits 143."""
@@ -203,11 +212,7 @@ def test_sigterm_saves_a_checkpoint_exits_143_and_resumes(config_file, tmp_path)
             "--no-progress", "train.steps=500", "train.checkpoint_every=1000", "train.num_workers=1"]
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        metrics = run / "metrics.jsonl"
-        while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-            assert proc.poll() is None, proc.communicate()[1]
-            time.sleep(0.05)
+        _wait_for_steps(proc, run, 2, timeout=60)
         os.killpg(proc.pid, signal.SIGTERM)
         _, stderr = proc.communicate(timeout=60)
     finally:
@@ -303,11 +308,7 @@ def test_sigterm_to_one_rank_stops_both_after_the_same_step(config_file, tmp_pat
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 90
-        metrics = run / "metrics.jsonl"
-        while time.monotonic() < deadline and not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 2):
-            assert proc.poll() is None, proc.communicate()[1]
-            time.sleep(0.05)
+        _wait_for_steps(proc, run, 2, timeout=90)
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
         assert len(workers) == 1
         workers[0].send_signal(signal.SIGTERM)
