@@ -7,6 +7,16 @@ set -euo pipefail
 RUNS=${1:-runs}
 VIVA=${VIVA:-.venv/bin/viva}
 
+# A further SFT schedule (batch 32, checkpoints every 250 steps) of the editor in RUNS/FROM/model, on the
+# encoders it was trained with; skipped once its last checkpoint exists, resumed otherwise.
+#   continue_sft RUN FROM STEPS PEAK_LR WARMUP SAMPLE_EVERY
+continue_sft() {
+  [ -d "$RUNS/$1/checkpoints/step-$(printf %08d "$3")" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/$1" \
+    --device cpu model.init="$RUNS/$2/model" model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
+    train.steps="$3" train.batch_size=32 optim.lr="$4" optim.warmup_steps="$5" train.num_workers=1 train.cpu_threads=2 \
+    train.checkpoint_every=250 train.sample_every="$6" train.log_every=50 --no-progress
+}
+
 # 1. VAE (frame-wise, 16 pairs x 8 frames per step): ~1.5 s/step on one busy core.
 [ -d "$RUNS/vae/checkpoints/step-00002500" ] || $VIVA train vae --config configs/vae_mini.yaml --out "$RUNS/vae" --device cpu \
   train.steps=2500 train.batch_size=16 train.num_workers=1 train.cpu_threads=1 train.checkpoint_every=250 \
@@ -47,33 +57,21 @@ done
   --out "$RUNS/vae_dec" --device cpu init="$RUNS/vae/vae" --no-progress
 [ -d "$RUNS/vae_dec2/checkpoints/step-00000400" ] || $VIVA train vae --config configs/vae_decoder_finetune.yaml \
   --out "$RUNS/vae_dec2" --device cpu init="$RUNS/vae_dec/vae" data.seed=8 --no-progress
-[ -d "$RUNS/sft2/checkpoints/step-00004000" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft2" --device cpu \
-  model.init="$RUNS/sft/model" model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
-  train.steps=4000 train.batch_size=32 optim.lr=2.0e-4 optim.warmup_steps=100 train.num_workers=1 train.cpu_threads=2 \
-  train.checkpoint_every=250 train.sample_every=1000 train.log_every=50 --no-progress
+continue_sft sft2 sft 4000 2.0e-4 100 1000
 
 # 7. A third SFT schedule from the stage-6 model: 5000 steps at 2e-4 -> 2e-5 (a 12000-step schedule was
 #    started first and dropped at step 269: it could not finish within one session on 2 cores). Bundle it like stage 6
 #    (bundle_default_model.py RUNS/sft3/model --stages vae,vae_dec,vae_dec2,instructor,sft,sft2,sft3
 #    --vae RUNS/vae_dec2/vae) only if its world bench beats 43.1% overall. It did: 44.4%, preservation
 #    29.0 -> 29.7 dB (eval/bundled3); loss (last 500 steps) 0.273 -> 0.260. Shipped.
-[ -d "$RUNS/sft3/checkpoints/step-00005000" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft3" --device cpu \
-  model.init="$RUNS/sft2/model" model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
-  train.steps=5000 train.batch_size=32 optim.lr=2.0e-4 optim.warmup_steps=100 train.num_workers=1 train.cpu_threads=2 \
-  train.checkpoint_every=250 train.sample_every=2000 train.log_every=50 --no-progress
+continue_sft sft3 sft2 5000 2.0e-4 100 2000
 
 # 8. A fourth, gentler SFT schedule from the stage-7 model: 3000 steps at 1e-4 -> 1e-5. Bundle it like stage 7
 #    (with sft4 added to --stages) only if its world bench beats 44.4% overall. It did: 48.4%, preservation
 #    29.8 dB (eval/bundled4); loss (last 500 steps) 0.260 -> 0.244. Shipped.
-[ -d "$RUNS/sft4/checkpoints/step-00003000" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft4" --device cpu \
-  model.init="$RUNS/sft3/model" model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
-  train.steps=3000 train.batch_size=32 optim.lr=1.0e-4 optim.warmup_steps=50 train.num_workers=1 train.cpu_threads=2 \
-  train.checkpoint_every=250 train.sample_every=3000 train.log_every=50 --no-progress
+continue_sft sft4 sft3 3000 1.0e-4 50 3000
 
 # 9. (started at the end of the session that shipped stage 8; resume with this same command) A fifth
 #    schedule like stage 8, from the stage-8 model. Bundle it (with sft5 added to --stages) only if its
 #    world bench beats 48.4% overall.
-[ -d "$RUNS/sft5/checkpoints/step-00003000" ] || $VIVA train sft --config configs/sft_mini.yaml --out "$RUNS/sft5" --device cpu \
-  model.init="$RUNS/sft4/model" model.vae="$RUNS/vae/vae" model.instructor="$RUNS/instructor/instructor" \
-  train.steps=3000 train.batch_size=32 optim.lr=1.0e-4 optim.warmup_steps=50 train.num_workers=1 train.cpu_threads=2 \
-  train.checkpoint_every=250 train.sample_every=3000 train.log_every=50 --no-progress
+continue_sft sft5 sft4 3000 1.0e-4 50 3000
