@@ -512,9 +512,10 @@ class SFTTrainingRun(TrainingRun):
             self._check_sync(step)
         if train.sample_every and (step % train.sample_every == 0 or last) and step != self._last_preview:
             self._last_preview = step
-            state = self.trainable_state(ema) if self.sharded else None  # a collective under FSDP
+            if self.is_main or self.sharded:  # gathering the weights is a collective under FSDP
+                state = self.trainable_state(ema)
             if self.is_main:
-                self.write_preview(step, ema, state)
+                self.write_preview(step, state)
 
     def use_plain_modules(self, modules) -> None:
         self.modules = modules
@@ -564,13 +565,9 @@ class SFTTrainingRun(TrainingRun):
         return self._previews
 
     @torch.no_grad()
-    def _preview_editor(self, ema, state=None) -> VivaEditor:
-        """An editor sharing the frozen parts, with copies of the trainable parts holding the EMA weights
-        (`state`: the full trainable weights, EMA included, gathered beforehand under FSDP)."""
-        if state is None:
-            state = {f"{name}.{k}": v for name in ("refiner", "denoiser") for k, v in getattr(self.editor, name).state_dict().items()}
-            if ema is not None:
-                state.update(ema.state_dict())
+    def _preview_editor(self, state) -> VivaEditor:
+        """An editor sharing the frozen parts, with copies of the trainable parts holding `state` (the
+        trainable weights, EMA's where there is one: `trainable_state(ema)`)."""
         if getattr(self, "_preview_parts", None) is None:
             self._preview_parts = self.plain_copies(state)
         parts = self._preview_parts
@@ -579,16 +576,16 @@ class SFTTrainingRun(TrainingRun):
         return editor.eval()
 
     @torch.no_grad()
-    def write_preview(self, step: int, ema=None, state=None) -> Path:
-        """Edit the held-out preview pairs with the EMA weights and write RUN/samples/step-N.png: per pair,
-        its category and instruction, then one row per frame of source | result | target (| reference).
-        `state`: the trainable weights gathered beforehand (FSDP)."""
+    def write_preview(self, step: int, state) -> Path:
+        """Edit the held-out preview pairs with `state` (`trainable_state(ema)`: the EMA weights) and write
+        RUN/samples/step-N.png: per pair, its category and instruction, then one row per frame of
+        source | result | target (| reference)."""
         from PIL import Image
 
         from ..data.preview import _header, fit_image, grid_image, stack_images, title_row, upscale
         from ..io.atomic import atomic_write_bytes
 
-        editor = self._preview_editor(ema, state)
+        editor = self._preview_editor(state)
         cfg = editor.config
         scale = 2
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.train.mixed_precision == "bf16")
