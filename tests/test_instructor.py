@@ -237,3 +237,38 @@ def test_image_token_positions_add_a_learned_table_that_round_trips(tmp_path):
     loaded = MiniVLMInstructor.from_pretrained(tmp_path / "vlm")
     assert torch.equal(loaded.image_positions, model.image_positions)
     assert MiniVLMInstructor(vision=VisionConfig(**SMALL_VISION), projector_hidden=64).image_positions is None
+
+
+def test_fusion_layers_start_as_identity_then_train_and_round_trip(tmp_path):
+    """fusion_layers adds transformer blocks after MiniLM: a fresh instructor gives MiniLM's own output
+    exactly (zero-initialised residual branches), they receive gradients, padding never leaks into the
+    real tokens, and they are saved and loaded with the instructor."""
+    torch.manual_seed(0)
+    config = MiniVLMInstructorConfig(vision=VisionConfig(**SMALL_VISION), projector_hidden=64, image_token_pool=2,
+                                     fusion_layers=2)
+    model = MiniVLMInstructor(config)
+    plain = MiniVLMInstructor(MiniVLMInstructorConfig(vision=VisionConfig(**SMALL_VISION), projector_hidden=64,
+                                                      image_token_pool=2))
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fusion")})
+    args = (["remove the star", "make the leftmost one bigger please"], _images(2), [None, _images(1)[0]])
+    with torch.no_grad():
+        assert torch.equal(model.eval()(*args).tokens, plain.eval()(*args).tokens)
+    model.train()
+    out = model(*args)
+    out.tokens.pow(2).mean().backward()
+    assert model.fusion[1].attn.to_out.weight.grad.abs().sum() > 0
+    with torch.no_grad():  # after a step the fusion layers change the tokens...
+        for p in model.fusion.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    fused = model(*args)
+    assert not torch.allclose(fused.tokens, plain(*args).tokens)
+    # ...but the shorter item's real tokens do not depend on the padding after them.
+    alone = model([args[0][0]], args[1][:1], [None])
+    torch.testing.assert_close(_real(alone, 0), _real(fused, 0), atol=1e-5, rtol=0)
+    model.save_pretrained(tmp_path / "vlm")
+    loaded = MiniVLMInstructor.from_pretrained(tmp_path / "vlm").eval()
+    assert loaded.config.fusion_layers == 2
+    torch.testing.assert_close(loaded(*args).tokens, fused.tokens, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="fusion"):
+        MiniVLMInstructorConfig(fusion_heads=5)

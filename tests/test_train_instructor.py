@@ -98,6 +98,29 @@ def test_pretraining_runs_and_exports_an_instructor(tmp_path, capsys):
     assert out.mask[1].sum() > out.mask[0].sum()  # the second item has 16 reference tokens more
 
 
+def test_fusion_layers_fine_tune_a_trained_instructor(tmp_path, capsys):
+    """init=DIR model.fusion_layers=N train_part=fusion: the init's ViT, projector and MiniLM come back
+    bit-identical in the export, only the new fusion layers changed; bad combinations are one line."""
+    base = tmp_path / "base"
+    args = ["train", "instructor", "--no-progress", *TINY, "probe.enabled=false", "train.steps=2"]
+    assert main([*args, "--out", str(base)]) == 0
+    run = tmp_path / "fused"
+    assert main([*args, "--out", str(run), f"init={base / 'instructor'}", "model.fusion_layers=1", "train_part=fusion"]) == 0
+    before = MiniVLMInstructor.from_pretrained(base / "instructor").own_state_dict()
+    after = MiniVLMInstructor.from_pretrained(run / "instructor")
+    assert after.config.fusion_layers == 1 and after.config.vision.width == 32
+    state = after.own_state_dict()
+    assert set(state) - set(before) == {k for k in state if k.startswith("fusion")} != set()
+    assert all(torch.equal(state[k], v) for k, v in before.items())
+    assert not torch.equal(state["fusion.0.attn.to_out.weight"], torch.zeros_like(state["fusion.0.attn.to_out.weight"]))
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "train_part=fusion"]) == 2
+    assert "init=DIR" in capsys.readouterr().err
+    assert main([*args, "--out", str(tmp_path / "bad"), f"init={tmp_path / 'missing'}"]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_grounding_labels_follow_the_program():
     spaces = grounding_label_spaces(1)
     config = DataConfig(image_fraction=0.5)

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hub import ComponentConfig, PretrainedMixin
-from .layers import MLP, Attention
+from .layers import MLP, Attention, KeyMask
 
 __all__ = ["VisionConfig", "MiniViT", "sincos_2d"]
 
@@ -72,8 +72,11 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.mlp = MLP(width, int(width * mlp_ratio))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x: torch.Tensor, key_mask: KeyMask | None = None, position: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B,N,width] -> [B,N,width]; key_mask: which tokens may be attended to (default: all);
+        position [B or 1,N,width]: added to the attention's input only (not to the residual stream)."""
+        h = self.norm1(x)
+        x = x + self.attn(h if position is None else h + position, key_mask=key_mask)
         return x + self.mlp(self.norm2(x))
 
 

@@ -40,13 +40,16 @@ RUN/eval.json.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..errors import VivaUserError
 from ..models.instructor import MiniVLMInstructor, MiniVLMInstructorConfig
+from .config import component_config
 from .harness import OptimConfig, RunConfig, TrainingRun, write_json
 from .probe import instruction_token_mask
 from .world_data import (
@@ -158,8 +161,21 @@ class InstructorTrainConfig:
     train: RunConfig = field(default_factory=lambda: RunConfig(steps=2200, batch_size=128, log_every=50))
     eval: InstructorEvalConfig = field(default_factory=InstructorEvalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    init: str | None = None  # a saved MiniVLMInstructor folder to start from (its config replaces `model`)
+    train_part: str = "all"  # all | fusion (only the fusion layers train; the init's ViT and MiniLM stay)
 
     def __post_init__(self) -> None:
+        if self.train_part not in ("all", "fusion"):
+            raise ValueError(f"train_part must be all or fusion, got {self.train_part!r}")
+        if self.init is not None:
+            hint = "it is not a saved instructor folder: pass e.g. runs/instructor/instructor (written by `viva train instructor`)"
+            data = component_config(self.init, "init", hint)
+            if data.get("_class_name") != MiniVLMInstructor.__name__:
+                raise VivaUserError(f"init folder {self.init} holds a {data.get('_class_name')}, not a MiniVLMInstructor; {hint}")
+            fusion = max(int(data.get("fusion_layers", 0)), self.model.fusion_layers)
+            self.model = MiniVLMInstructorConfig.from_dict({**data, "fusion_layers": fusion})
+        if self.train_part == "fusion" and (self.init is None or self.model.fusion_layers == 0):
+            raise ValueError("train_part=fusion trains fusion layers on a trained instructor: give init=DIR and model.fusion_layers=N (N >= 1)")
         if self.data.root is None and self.eval.seed == self.data.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}): held-out pairs must be unseen")
         if self.patch_grid**2 != self.model.image_tokens:
@@ -233,11 +249,21 @@ class GroundingModel(nn.Module):
     questions read only the [CLS] + instruction + [SEP] tokens, so what they ask (which sprite, its color,
     where it is, what the reference shows) must flow from the image into the instruction tokens."""
 
-    def __init__(self, instructor: MiniVLMInstructor, heads: GroundingHeads, read_instruction_only: bool = True):
+    def __init__(
+        self, instructor: MiniVLMInstructor, heads: GroundingHeads, read_instruction_only: bool = True, fusion_only: bool = False
+    ):
         super().__init__()
         self.instructor = instructor
         self.heads = heads
         self.read_instruction_only = read_instruction_only
+        self.fusion_only = fusion_only  # the instructor's ViT and MiniLM are frozen (no dropout either)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.fusion_only:
+            self.instructor.eval()
+            self.instructor.fusion.train(mode)
+        return self
 
     def forward(self, instructions, frames, references):
         out = self.instructor(instructions, frames, references)
@@ -333,6 +359,20 @@ def build_instructor(config: MiniVLMInstructorConfig) -> MiniVLMInstructor:
     return instructor
 
 
+def load_init(instructor: MiniVLMInstructor, folder: str) -> None:
+    """Load a saved instructor's weights into `instructor` (built from its config, possibly with more fusion
+    layers: those stay fresh, so the output starts equal to the saved instructor's)."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(Path(folder) / "model.safetensors"))
+    own = instructor.own_state_dict()
+    unknown = sorted(set(state) - set(own))
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith("fusion"))
+    if unknown or missing:
+        raise VivaUserError(f"init folder {folder} does not match its config.json (missing {missing[:2]}, unexpected {unknown[:2]}); re-export it")
+    instructor.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
+
+
 def batch_inputs(batch: dict, device: torch.device) -> tuple[list[str], torch.Tensor, list[torch.Tensor | None]]:
     """(instructions, first frames [B,3,H,W] in [-1,1], references [3,h,w] or None) on `device`."""
     frames = to_unit(batch["frame"].to(device, non_blocking=True))
@@ -355,6 +395,11 @@ class InstructorTrainingRun(TrainingRun):
     def build(self):
         cfg = self.config
         self.instructor = build_instructor(cfg.model)
+        if cfg.init is not None:
+            load_init(self.instructor, cfg.init)
+        if cfg.train_part == "fusion":
+            self.instructor.requires_grad_(False)
+            self.instructor.fusion.requires_grad_(True)
         self.spaces = grounding_label_spaces(cfg.max_clauses)
         self.heads = GroundingHeads(
             self.instructor.hidden_size,
@@ -363,7 +408,9 @@ class InstructorTrainingRun(TrainingRun):
             attention_heads=cfg.heads.attention_heads,
             mlp_ratio=cfg.heads.mlp_ratio,
         )
-        self.model = GroundingModel(self.instructor, self.heads, cfg.heads.read_instruction_only).to(self.device)
+        self.model = GroundingModel(
+            self.instructor, self.heads, cfg.heads.read_instruction_only, fusion_only=cfg.train_part == "fusion"
+        ).to(self.device)
         self.source = PairSource(cfg.data)
         return {"instructor": self.instructor, "heads": self.heads}
 
@@ -421,6 +468,8 @@ class InstructorTrainingRun(TrainingRun):
         summary = {
             "component": "instructor",
             "steps": self.steps_done,
+            "init": cfg.init,
+            "train_part": cfg.train_part,
             "held_out_seed": cfg.eval.seed,
             "heads": heads,
             "num_parameters": self.instructor.num_parameters(),
