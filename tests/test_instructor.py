@@ -52,6 +52,28 @@ def test_vit_shapes():
     assert vit(_images(1, 32)).shape == (1, 16, 64)  # sin-cos positions: any multiple of the patch
 
 
+def test_conv_stem_keeps_the_token_grid_and_sees_across_patch_borders(tmp_path):
+    """vision.stem=conv: the same [B, grid*grid, width] tokens; a pixel changed in one patch also changes
+    its neighbour's token before any attention (the 3x3 convolutions overlap patch borders), unlike the
+    patch stem; the config round-trips; a non power-of-two patch is refused."""
+    torch.manual_seed(0)
+    config = VisionConfig(**SMALL_VISION, stem="conv")
+    conv, patch = MiniViT(config).eval(), MiniViT(VisionConfig(**SMALL_VISION)).eval()
+    images = _images(1)
+    assert conv(images).shape == patch(images).shape == (1, 64, 64)
+    poked = images.clone()
+    poked[..., 0, 7] += 1.0  # the last column of patch 0, next to patch 1
+    with torch.no_grad():
+        assert not torch.allclose(conv.patch_embed(poked)[..., 0, 1], conv.patch_embed(images)[..., 0, 1])
+        assert torch.equal(patch.patch_embed(poked)[..., 0, 1], patch.patch_embed(images)[..., 0, 1])
+    conv.save_pretrained(tmp_path / "vit")
+    loaded = MiniViT.from_pretrained(tmp_path / "vit").eval()
+    assert loaded.config.stem == "conv"
+    torch.testing.assert_close(loaded(images), conv(images), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="power-of-two"):
+        VisionConfig(image_size=60, patch_size=6, stem="conv")
+
+
 def test_default_sizes():
     torch.manual_seed(0)
     model = MiniVLMInstructor()
