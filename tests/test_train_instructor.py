@@ -165,6 +165,11 @@ def test_probe_on_a_tiny_instructor(tiny_instructor):
     for key in ("color", "cell", "color_train", "cell_majority"):
         assert 0.0 <= result[key] <= 1.0
     assert 0.0 <= result["all_tokens"]["cell"] <= 1.0
+    # Per kind of reference: counts add up, and the kinds' accuracies average (weighted) to the overall one.
+    by_kind = result["by_kind"]
+    assert set(by_kind) == {e["kind"] for e in examples[12:]} and sum(r["n"] for r in by_kind.values()) == 6
+    for name in ("color", "cell"):
+        assert abs(sum(r[name] * r["n"] for r in by_kind.values()) / 6 - result[name]) < 1e-9
 
 
 def test_instruction_token_mask(tiny_instructor):

@@ -37,6 +37,7 @@ __all__ = [
     "probe_example",
     "probe_examples",
     "extract_features",
+    "probe_predict",
     "fit_linear_probe",
     "grounding_probe",
     "probe_report",
@@ -182,10 +183,14 @@ def fit_linear_probe(
     return weight.detach(), bias.detach(), mean, std
 
 
-def probe_accuracy(probe, x: torch.Tensor, y: torch.Tensor) -> float:
+def probe_predict(probe, x: torch.Tensor) -> torch.Tensor:
+    """Class indices [N] of features x [N, D] under a fitted probe."""
     weight, bias, mean, std = probe
-    pred = (((x.double() - mean) / std) @ weight + bias).argmax(-1)
-    return float((pred == y).double().mean())
+    return (((x.double() - mean) / std) @ weight + bias).argmax(-1)
+
+
+def probe_accuracy(probe, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((probe_predict(probe, x) == y).double().mean())
 
 
 def grounding_probe(
@@ -199,20 +204,27 @@ def grounding_probe(
 ) -> dict:
     """Held-out accuracy of linear probes for the referred sprite's color and 3x3 cell from the frozen
     `instructor`'s instruction tokens (mean-pooled; "all_tokens": from the mean of every token). Also
-    reports the majority-class rate of the test set."""
+    reports the majority-class rate of the test set and, per kind of reference ("shape", "left",
+    "biggest", ...), the instruction-token probes' accuracy ("by_kind": {kind: {"n", "color", "cell"}})."""
     f_train = extract_features(instructor, train, device, batch_size)
     f_test = extract_features(instructor, test, device, batch_size)
     result: dict = {"num_train": len(train), "num_test": len(test), "pooling": "text"}
+    kinds = [e["kind"] for e in test]
+    by_kind: dict[str, dict] = {k: {"n": kinds.count(k)} for k in sorted(set(kinds))}
     for pooling in ("text", "all"):
         into = result if pooling == "text" else result.setdefault("all_tokens", {})
         for name, classes in (("color", len(COLOR_NAMES)), ("cell", len(REGION_NAMES))):
             y_train = torch.tensor([e[name] for e in train], dtype=torch.long)
             y_test = torch.tensor([e[name] for e in test], dtype=torch.long)
             probe = fit_linear_probe(f_train[pooling], y_train, classes, l2=l2, max_iter=max_iter)
-            into[name] = probe_accuracy(probe, f_test[pooling], y_test)
+            correct = probe_predict(probe, f_test[pooling]) == y_test
+            into[name] = float(correct.double().mean())
             into[f"{name}_train"] = probe_accuracy(probe, f_train[pooling], y_train)
             if pooling == "text":
                 result[f"{name}_majority"] = float(torch.bincount(y_test, minlength=classes).max()) / max(1, len(test))
+                for kind, row in by_kind.items():
+                    row[name] = float(correct[[k == kind for k in kinds]].double().mean())
+    result["by_kind"] = by_kind
     return result
 
 
@@ -284,6 +296,9 @@ def run_probe_command(args) -> int:
         print(f"{name:12} {r['color']:7.3f} {r['cell']:7.3f}")
     r = report["instructor"]
     print(f"{'majority':12} {r['color_majority']:7.3f} {r['cell_majority']:7.3f}")
+    print("instructor, by kind of reference:")
+    for kind, row in r["by_kind"].items():
+        print(f"  {kind:10} {row['color']:7.3f} {row['cell']:7.3f}   (n={row['n']})")
     if args.json:
         from pathlib import Path
 
