@@ -100,10 +100,13 @@ def test_pretraining_runs_and_exports_an_instructor(tmp_path, capsys):
 
 def test_fusion_layers_fine_tune_a_trained_instructor(tmp_path, capsys):
     """init=DIR model.fusion_layers=N train_part=fusion: the init's ViT, projector and MiniLM come back
-    bit-identical in the export, only the new fusion layers changed; bad combinations are one line."""
+    bit-identical in the export, only the new fusion layers changed; bad combinations are one line. (The
+    base run also trains the vision head on the projected frame tokens: heads.vision_weight.)"""
     base = tmp_path / "base"
     args = ["train", "instructor", "--no-progress", *TINY, "probe.enabled=false", "train.steps=2"]
-    assert main([*args, "--out", str(base)]) == 0
+    assert main([*args, "--out", str(base), "heads.vision_weight=1.0"]) == 0
+    rows = [json.loads(line) for line in (base / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r["vision_shape_ce"]) and np.isfinite(r["patch_referred_bce"]) for r in rows)
     run = tmp_path / "fused"
     assert main([*args, "--out", str(run), f"init={base / 'instructor'}", "model.fusion_layers=1", "train_part=fusion"]) == 0
     before = MiniVLMInstructor.from_pretrained(base / "instructor").own_state_dict()

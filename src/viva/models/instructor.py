@@ -378,7 +378,14 @@ class MiniVLMInstructor(_MiniLMInstructor):
 
     def forward(self, instructions, first_frames=None, references=None) -> InstructorOutput:
         instructions = self._check_instructions(instructions)
-        batch = len(instructions)
+        frame_tokens, ref_tokens = self.encode_images(len(instructions), first_frames, references)
+        return self.read(instructions, frame_tokens, ref_tokens)
+
+    def encode_images(
+        self, batch: int, first_frames=None, references=None
+    ) -> tuple[torch.Tensor | None, list[torch.Tensor | None]]:
+        """Projected image tokens: first frames [B,3,H,W] -> [B, n_img, 384] (None without frames), and per
+        item the reference's [n_img, 384] (None where absent)."""
         # 1. Image tokens of the first frames: [B, n_img, 384].
         frame_tokens = None
         if first_frames is not None:
@@ -402,7 +409,13 @@ class MiniVLMInstructor(_MiniLMInstructor):
             tokens = self.image_tokens(torch.cat(refs), self.reference_type)
             for j, i in enumerate(present):
                 ref_tokens[i] = tokens[j]
-        # 3. Per item: [CLS] [image] [reference] [instruction] [SEP].
+        return frame_tokens, ref_tokens
+
+    def read(
+        self, instructions: list[str], frame_tokens: torch.Tensor | None, ref_tokens: list[torch.Tensor | None]
+    ) -> InstructorOutput:
+        """MiniLM (then the fusion layers, if any) over [CLS] [image] [reference] [instruction] [SEP] per
+        item; its last hidden states are the condition tokens."""
         embeds = []
         for i, text in enumerate(instructions):
             parts = [self._word_embeddings([self.cls_id])]
@@ -412,6 +425,4 @@ class MiniVLMInstructor(_MiniLMInstructor):
                 parts.append(ref_tokens[i])
             parts.append(self._word_embeddings([*self.token_ids(text), self.sep_id]))
             embeds.append(torch.cat(parts, dim=0))
-        # 4. MiniLM reads everything together (then the fusion layers, if any); last hidden states are the
-        #    condition tokens.
         return self._encode(embeds, 0 if frame_tokens is None else frame_tokens.shape[1])

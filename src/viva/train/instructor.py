@@ -95,11 +95,14 @@ class HeadsConfig:
     mlp_ratio: float = 2.0
     dense_weight: float = 1.0  # weight of the per-patch "what is where / which is referred" loss (0: off)
     read_instruction_only: bool = True  # questions read the instruction tokens only (not image tokens)
+    # weight of a per-patch color + shape loss on the projected first-frame tokens BEFORE MiniLM (0: off):
+    # teaches the ViT what each patch shows directly, as a pre-trained vision tower would know it
+    vision_weight: float = 0.0
 
     def __post_init__(self) -> None:
         coerce_numbers(self)
-        if self.max_clauses < 0 or self.attention_heads < 1 or self.dense_weight < 0:
-            raise ValueError("need heads.max_clauses >= 0, attention_heads >= 1 and dense_weight >= 0")
+        if self.max_clauses < 0 or self.attention_heads < 1 or self.dense_weight < 0 or self.vision_weight < 0:
+            raise ValueError("need heads.max_clauses >= 0, attention_heads >= 1, dense_weight >= 0 and vision_weight >= 0")
 
 
 @dataclass
@@ -207,6 +210,7 @@ class GroundingHeads(nn.Module):
         image_tokens: int = 0,
         attention_heads: int = 4,
         mlp_ratio: float = 2.0,
+        vision: bool = False,
     ):
         super().__init__()
         self.names = tuple(spaces)
@@ -222,6 +226,11 @@ class GroundingHeads(nn.Module):
         if self.image_tokens:
             self.dense_norm = nn.LayerNorm(hidden)
             self.dense = nn.Linear(hidden, PATCH_OUTPUTS)
+        # Optional: each projected first-frame token (before MiniLM) -> its patch's color and shape.
+        self.vision = None
+        if vision:
+            self.vision_norm = nn.LayerNorm(hidden)
+            self.vision = nn.Linear(hidden, len(COLOR_NAMES) + 1 + len(SHAPES) + 1)
 
     def forward(
         self, tokens: torch.Tensor, mask: torch.Tensor, read_mask: torch.Tensor | None = None
@@ -247,7 +256,9 @@ class GroundingHeads(nn.Module):
 class GroundingModel(nn.Module):
     """Instructor + heads: the module trained (and wrapped for DDP). With `read_instruction_only`, the
     questions read only the [CLS] + instruction + [SEP] tokens, so what they ask (which sprite, its color,
-    where it is, what the reference shows) must flow from the image into the instruction tokens."""
+    where it is, what the reference shows) must flow from the image into the instruction tokens.
+    forward -> (question logits, dense logits [B,n_img,PATCH_OUTPUTS] or None, vision logits
+    [B,n_img,colors+1+shapes+1] of the projected frame tokens or None)."""
 
     def __init__(
         self, instructor: MiniVLMInstructor, heads: GroundingHeads, read_instruction_only: bool = True, fusion_only: bool = False
@@ -266,10 +277,14 @@ class GroundingModel(nn.Module):
         return self
 
     def forward(self, instructions, frames, references):
-        out = self.instructor(instructions, frames, references)
+        frame_tokens, ref_tokens = self.instructor.encode_images(len(instructions), frames, references)
+        out = self.instructor.read(instructions, frame_tokens, ref_tokens)
         read = instruction_token_mask(self.instructor, out.mask, references) if self.read_instruction_only else None
         logits, dense = self.heads(out.tokens, out.mask, read)
-        return logits, dense
+        vision = None
+        if self.heads.vision is not None:
+            vision = self.heads.vision(self.heads.vision_norm(frame_tokens))
+        return logits, dense, vision
 
 
 def grounding_loss(
@@ -279,10 +294,13 @@ def grounding_loss(
     patches: torch.Tensor | None,
     names: tuple[str, ...],
     dense_weight: float = 1.0,
+    vision: torch.Tensor | None = None,
+    vision_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over heads of cross-entropy (ignored labels skipped) + dense_weight * the per-patch loss
-    (color CE + shape CE + referred BCE, `patch_labels`); stats hold the loss parts and every head's
-    accuracy on the batch (NaN when no label of the batch applies)."""
+    (color CE + shape CE + referred BCE, `patch_labels`) + vision_weight * the color CE + shape CE of the
+    vision logits; stats hold the loss parts and every head's accuracy on the batch (NaN when no label of
+    the batch applies)."""
     total = logits[0].new_zeros((), dtype=torch.float32)
     stats: dict[str, float] = {}
     for i, (name, logit) in enumerate(zip(names, logits)):
@@ -303,34 +321,40 @@ def grounding_loss(
         dense_loss, dense_stats = patch_loss(dense, patches)
         loss = loss + dense_weight * dense_loss
         stats.update(dense_stats)
+    if vision is not None and patches is not None and vision_weight > 0:
+        vision_loss, vision_stats = patch_loss(vision, patches, prefix="vision_")
+        loss = loss + vision_weight * vision_loss
+        stats.update(vision_stats)
     stats["loss"] = float(loss.detach())
     return loss, stats
 
 
-def patch_loss(dense: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-    """dense [B,N,PATCH_OUTPUTS] logits vs patches [B,N,3] (color, shape, referred): CE + CE + BCE."""
+def patch_loss(dense: torch.Tensor, patches: torch.Tensor, prefix: str = "patch_") -> tuple[torch.Tensor, dict[str, float]]:
+    """dense [B,N,PATCH_OUTPUTS] logits vs patches [B,N,3] (color, shape, referred): CE + CE + BCE; logits
+    without the referred column ([B,N,PATCH_OUTPUTS-1]) give CE + CE. Stats are named `prefix`..."""
     dense = dense.float()
     nc, ns = len(COLOR_NAMES) + 1, len(SHAPES) + 1
-    color, shape, referred = dense[..., :nc], dense[..., nc : nc + ns], dense[..., nc + ns]
+    color, shape = dense[..., :nc], dense[..., nc : nc + ns]
     loss_color = F.cross_entropy(color.flatten(0, 1), patches[..., 0].flatten())
     loss_shape = F.cross_entropy(shape.flatten(0, 1), patches[..., 1].flatten())
-    valid = patches[..., 2] != IGNORE
     loss = loss_color + loss_shape
-    stats = {"patch_color_ce": float(loss_color.detach()), "patch_shape_ce": float(loss_shape.detach())}
+    stats = {f"{prefix}color_ce": float(loss_color.detach()), f"{prefix}shape_ce": float(loss_shape.detach())}
     with torch.no_grad():
         sprite = patches[..., 0] != len(COLOR_NAMES)  # patches that show a sprite
         if sprite.any():
-            stats["acc/patch_color"] = float((color.argmax(-1) == patches[..., 0])[sprite].float().mean())
-            stats["acc/patch_shape"] = float((shape.argmax(-1) == patches[..., 1])[sprite].float().mean())
-    if valid.any():
+            stats[f"acc/{prefix}color"] = float((color.argmax(-1) == patches[..., 0])[sprite].float().mean())
+            stats[f"acc/{prefix}shape"] = float((shape.argmax(-1) == patches[..., 1])[sprite].float().mean())
+    valid = patches[..., 2] != IGNORE
+    if dense.shape[-1] > nc + ns and valid.any():
+        referred = dense[..., nc + ns]
         target = patches[..., 2][valid].float()
         loss_ref = F.binary_cross_entropy_with_logits(referred[valid], target, pos_weight=referred.new_tensor(8.0))
         loss = loss + loss_ref
-        stats["patch_referred_bce"] = float(loss_ref.detach())
+        stats[f"{prefix}referred_bce"] = float(loss_ref.detach())
         with torch.no_grad():
             positive = target > 0.5
             if positive.any():
-                stats["acc/patch_referred"] = float(((referred[valid] > 0) == positive)[positive].float().mean())
+                stats[f"acc/{prefix}referred"] = float(((referred[valid] > 0) == positive)[positive].float().mean())
     return loss, stats
 
 
@@ -407,6 +431,7 @@ class InstructorTrainingRun(TrainingRun):
             image_tokens=cfg.model.image_tokens if cfg.heads.dense_weight > 0 else 0,
             attention_heads=cfg.heads.attention_heads,
             mlp_ratio=cfg.heads.mlp_ratio,
+            vision=cfg.heads.vision_weight > 0,
         )
         self.model = GroundingModel(
             self.instructor, self.heads, cfg.heads.read_instruction_only, fusion_only=cfg.train_part == "fusion"
@@ -445,7 +470,7 @@ class InstructorTrainingRun(TrainingRun):
 
     def compute_loss(self, batch):
         instructions, frames, refs = batch_inputs(batch, self.device)
-        logits, dense = self.model(instructions, frames, refs)
+        logits, dense, vision = self.model(instructions, frames, refs)
         return grounding_loss(
             logits,
             dense,
@@ -453,6 +478,8 @@ class InstructorTrainingRun(TrainingRun):
             batch["patches"].to(self.device),
             self.heads.names,
             self.config.heads.dense_weight,
+            vision,
+            self.config.heads.vision_weight,
         )
 
     def finish(self) -> dict:
@@ -522,7 +549,7 @@ def evaluate_heads(model: GroundingModel, loader, device: torch.device, names: t
         batch = {k: v[:take] for k, v in batch.items()}
         instructions, frames, refs = batch_inputs(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, dense = model(instructions, frames, refs)
+            logits, dense, _ = model(instructions, frames, refs)
         labels = batch["labels"].to(device)
         for i, name in enumerate(names):
             valid = labels[:, i] != IGNORE
