@@ -158,26 +158,32 @@ class PretrainedMixin:
                 f"{folder} holds a {stored}, not a {cls.__name__}; load it with {stored}.from_pretrained"
             )
         model = cls(cls.config_class.from_dict(data))
-        try:
-            state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
-        except (SafetensorError, OSError) as e:
-            raise VivaUserError(
-                f"{folder / WEIGHTS_NAME} is not a readable safetensors file ({e}); re-save the model"
-            ) from None
-        own = model.own_state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or wrong:
-            groups = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
-            parts = [
-                f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in groups if keys
-            ]
-            raise VivaUserError(
-                f"{folder / WEIGHTS_NAME} does not match its config.json ({'; '.join(parts)}); re-save the model"
-            )
-        result = model.load_state_dict(state, strict=False)  # strict over own_state_dict, checked above
-        assert not result.unexpected_keys
+        load_weights(model, folder)
         if device is not None or dtype is not None:
             model.to(device=device, dtype=dtype)
         return model.eval()
+
+
+def load_weights(model: PretrainedMixin, directory: str | os.PathLike, fresh: tuple[str, ...] = ()) -> None:
+    """Load `directory`/model.safetensors into `model`, strictly over its `own_state_dict` (every key
+    present, none unexpected, shapes equal), except that keys starting with a prefix in `fresh` may be
+    missing (parts added to a saved model: they keep their initialisation)."""
+    folder = Path(directory)
+    try:
+        state = load_file(str(folder / WEIGHTS_NAME), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise VivaUserError(
+            f"{folder / WEIGHTS_NAME} is not a readable safetensors file ({e}); re-save the model"
+        ) from None
+    own = model.own_state_dict()
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(fresh))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        groups = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+        parts = [f"{label} {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}" for label, keys in groups if keys]
+        raise VivaUserError(
+            f"{folder / WEIGHTS_NAME} does not match its config.json ({'; '.join(parts)}); re-save the model"
+        )
+    result = model.load_state_dict(state, strict=False)  # strict over own_state_dict, checked above
+    assert not result.unexpected_keys

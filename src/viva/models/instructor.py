@@ -155,8 +155,13 @@ class MiniVLMInstructorConfig(TextOnlyInstructorConfig):
         return data
 
     @property
+    def token_grid(self) -> int:
+        """Side of the (pooled) image-token grid."""
+        return self.vision.grid // self.image_token_pool
+
+    @property
     def image_tokens(self) -> int:
-        return (self.vision.grid // self.image_token_pool) ** 2
+        return self.token_grid**2
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -325,7 +330,7 @@ class MiniVLMInstructor(_MiniLMInstructor):
         self.image_type = nn.Parameter(torch.randn(self.hidden_size) * 0.02)
         self.image_positions = None
         if config.image_token_positions:
-            grid = config.vision.grid // config.image_token_pool
+            grid = config.token_grid
             self.image_positions = nn.Parameter(POSITION_SCALE * sincos_2d(grid, grid, self.hidden_size))
         self.reference_type = nn.Parameter(torch.randn(self.hidden_size) * 0.02)
         self.fusion = nn.ModuleList(Block(self.hidden_size, config.fusion_heads, 4.0) for _ in range(config.fusion_layers))
@@ -334,7 +339,7 @@ class MiniVLMInstructor(_MiniLMInstructor):
             zero_init_(block.mlp.fc2)
         self.fusion_positions = None
         if config.fusion_layers:
-            grid = config.vision.grid // config.image_token_pool
+            grid = config.token_grid
             self.fusion_positions = nn.Parameter(sincos_2d(grid, grid, self.hidden_size))
 
     def _fuse(self, hidden: torch.Tensor, mask: torch.Tensor, frame_slots: int = 0) -> torch.Tensor:
@@ -344,9 +349,8 @@ class MiniVLMInstructor(_MiniLMInstructor):
             return hidden
         key_mask = KeyMask.from_mask(mask)
         position = None
-        if frame_slots:
-            n = frame_slots
-            position = F.pad(self.fusion_positions.to(hidden.dtype), (0, 0, 1, hidden.shape[1] - 1 - n))[None]
+        if frame_slots:  # the table on slots 1..frame_slots, zero elsewhere: [1, L, 384]
+            position = F.pad(self.fusion_positions.to(hidden.dtype), (0, 0, 1, hidden.shape[1] - 1 - frame_slots))[None]
         for block in self.fusion:
             hidden = block(hidden, key_mask, position)
         return hidden

@@ -40,7 +40,6 @@ RUN/eval.json.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..errors import VivaUserError
+from ..models.hub import load_weights
 from ..models.instructor import MiniVLMInstructor, MiniVLMInstructorConfig
 from .config import component_config
 from .harness import OptimConfig, RunConfig, TrainingRun, write_json
@@ -181,12 +181,10 @@ class InstructorTrainConfig:
             raise ValueError("train_part=fusion trains fusion layers on a trained instructor: give init=DIR and model.fusion_layers=N (N >= 1)")
         if self.data.root is None and self.eval.seed == self.data.seed:
             raise ValueError(f"eval.seed must differ from data.seed ({self.data.seed}): held-out pairs must be unseen")
-        if self.patch_grid**2 != self.model.image_tokens:
-            raise ValueError("model.image_token_pool must divide the ViT's patch grid")
 
     @property
     def patch_grid(self) -> int:
-        return self.model.vision.grid // self.model.image_token_pool
+        return self.model.token_grid
 
     @property
     def max_clauses(self) -> int:
@@ -230,7 +228,7 @@ class GroundingHeads(nn.Module):
         self.vision = None
         if vision:
             self.vision_norm = nn.LayerNorm(hidden)
-            self.vision = nn.Linear(hidden, len(COLOR_NAMES) + 1 + len(SHAPES) + 1)
+            self.vision = nn.Linear(hidden, PATCH_OUTPUTS - 1)  # no "referred" column: no text before MiniLM
 
     def forward(
         self, tokens: torch.Tensor, mask: torch.Tensor, read_mask: torch.Tensor | None = None
@@ -267,7 +265,10 @@ class GroundingModel(nn.Module):
         self.instructor = instructor
         self.heads = heads
         self.read_instruction_only = read_instruction_only
-        self.fusion_only = fusion_only  # the instructor's ViT and MiniLM are frozen (no dropout either)
+        self.fusion_only = fusion_only  # only the fusion layers train: the ViT and MiniLM are frozen, no dropout
+        if fusion_only:
+            instructor.requires_grad_(False)
+            instructor.fusion.requires_grad_(True)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -383,20 +384,6 @@ def build_instructor(config: MiniVLMInstructorConfig) -> MiniVLMInstructor:
     return instructor
 
 
-def load_init(instructor: MiniVLMInstructor, folder: str) -> None:
-    """Load a saved instructor's weights into `instructor` (built from its config, possibly with more fusion
-    layers: those stay fresh, so the output starts equal to the saved instructor's)."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(Path(folder) / "model.safetensors"))
-    own = instructor.own_state_dict()
-    unknown = sorted(set(state) - set(own))
-    missing = sorted(k for k in set(own) - set(state) if not k.startswith("fusion"))
-    if unknown or missing:
-        raise VivaUserError(f"init folder {folder} does not match its config.json (missing {missing[:2]}, unexpected {unknown[:2]}); re-export it")
-    instructor.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()}, strict=False)
-
-
 def batch_inputs(batch: dict, device: torch.device) -> tuple[list[str], torch.Tensor, list[torch.Tensor | None]]:
     """(instructions, first frames [B,3,H,W] in [-1,1], references [3,h,w] or None) on `device`."""
     frames = to_unit(batch["frame"].to(device, non_blocking=True))
@@ -419,11 +406,8 @@ class InstructorTrainingRun(TrainingRun):
     def build(self):
         cfg = self.config
         self.instructor = build_instructor(cfg.model)
-        if cfg.init is not None:
-            load_init(self.instructor, cfg.init)
-        if cfg.train_part == "fusion":
-            self.instructor.requires_grad_(False)
-            self.instructor.fusion.requires_grad_(True)
+        if cfg.init is not None:  # fusion layers the init lacks stay fresh (identity): its tokens are kept
+            load_weights(self.instructor, cfg.init, fresh=("fusion",))
         self.spaces = grounding_label_spaces(cfg.max_clauses)
         self.heads = GroundingHeads(
             self.instructor.hidden_size,
