@@ -4,6 +4,7 @@ and gives tokens; grounding labels; the probe's examples, poolings and linear pr
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -121,6 +122,11 @@ def test_fusion_layers_fine_tune_a_trained_instructor(tmp_path, capsys):
     assert "init=DIR" in capsys.readouterr().err
     assert main([*args, "--out", str(tmp_path / "bad"), f"init={tmp_path / 'missing'}"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    broken = tmp_path / "broken"
+    shutil.copytree(base / "instructor", broken)
+    (broken / "model.safetensors").write_bytes(b"not safetensors")
+    assert main([*args, "--out", str(tmp_path / "bad"), f"init={broken}"]) == 2
+    assert "not a readable safetensors file" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
 
 

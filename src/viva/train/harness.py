@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import sys
 import time
@@ -393,9 +394,16 @@ class TrainingRun:
 
     # -- the run -----------------------------------------------------------------------------------------
     def run(self) -> int:
-        """Train (resuming from the newest checkpoint), then evaluate and export; returns the exit code."""
+        """Train (resuming from the newest checkpoint), then evaluate and export; returns the exit code. A
+        user error (bad init folder, unreadable weights, ...) in a run this call started removes the run
+        folder it created, so nothing partial is left behind."""
+        created = not self.run_dir.exists()
         try:
             return self._run()
+        except VivaUserError:
+            if created:
+                shutil.rmtree(self.run_dir, ignore_errors=True)
+            raise
         finally:
             # Tear the process group down before the interpreter exits: a gloo group left to the C++
             # static destructors can abort the process ("terminate called without an active exception").
