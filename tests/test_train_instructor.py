@@ -14,6 +14,7 @@ from safetensors import safe_open
 from viva.cli import main
 from viva.data.generate import DataConfig, make_pair
 from viva.models.instructor import MiniVLMInstructor
+from viva.train.instructor import build_instructor
 from viva.train.probe import (
     extract_features,
     fit_linear_probe,
@@ -26,12 +27,15 @@ from viva.train.probe import (
 from viva.train.world_data import (
     COLOR_NAMES,
     IGNORE,
+    PATCH_COLUMNS,
     REGION_NAMES,
+    SIZE_NAMES,
     grounding_label_spaces,
     grounding_labels,
     patch_labels,
 )
-from viva.world.scene import SHAPES
+from viva.world.program import region_of
+from viva.world.scene import SHAPES, size_name
 
 @pytest.fixture(autouse=True)
 def one_thread():
@@ -130,6 +134,29 @@ def test_fusion_layers_fine_tune_a_trained_instructor(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_vision_pretraining_then_init(tmp_path, capsys):
+    """train_part=vision trains only the ViT, projector and image embedding on what each patch shows
+    (MiniLM untouched, no probe); its export is the init of a full run with fusion layers."""
+    args = ["train", "instructor", "--no-progress", *TINY, "train.steps=2", "model.vision.stem=conv"]
+    vision = tmp_path / "vision"
+    assert main([*args, "--out", str(vision), "train_part=vision", "data.image_fraction=1.0"]) == 0
+    assert "held-out vision accuracy" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (vision / "metrics.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(r[f"vision_{k}_ce"]) for r in rows for k in ("color", "shape", "cell", "size"))
+    report = json.loads((vision / "eval.json").read_text())
+    assert "probe" not in report and set(report["heads"]["vision_accuracy"]) == {"color", "shape", "cell", "size"}
+    trained = MiniVLMInstructor.from_pretrained(vision / "instructor")
+    assert trained.config.vision.stem == "conv"
+    torch.manual_seed(0)  # the instructor the run started from (same seed, same config)
+    start = build_instructor(trained.config).own_state_dict()
+    changed = {k for k, v in trained.own_state_dict().items() if not torch.equal(v, start[k])}
+    assert changed and all(k.startswith(("vision.", "projector.", "image_")) for k in changed), sorted(changed)[:5]
+    assert any(k.startswith("vision.") for k in changed)
+    run = tmp_path / "full"
+    assert main([*args, "--out", str(run), f"init={vision / 'instructor'}", "model.fusion_layers=1", "probe.enabled=false"]) == 0
+    assert MiniVLMInstructor.from_pretrained(run / "instructor").config.fusion_layers == 1
+
+
 def test_grounding_labels_follow_the_program():
     spaces = grounding_label_spaces(1)
     config = DataConfig(image_fraction=0.5)
@@ -148,9 +175,12 @@ def test_grounding_labels_follow_the_program():
             assert labels["c0.target_color"] == IGNORE
         assert labels["ref.present"] == int(pair.reference is not None)
         patches = patch_labels(pair, 8)
-        assert patches.shape == (64, 3)
-        shown = {(COLOR_NAMES[c], SHAPES[s]) for c, s in patches[:, :2] if c < len(COLOR_NAMES)}
-        assert shown <= {(s.color, s.shape) for s in pair.source_scene.sprites}
+        assert patches.shape == (64, PATCH_COLUMNS)
+        shown = {(COLOR_NAMES[c], SHAPES[s], REGION_NAMES[cell], SIZE_NAMES[z]) for c, s, _, cell, z in patches if c < len(COLOR_NAMES)}
+        truth = {(s.color, s.shape, region_of(*s.position(0.0)), size_name(s.radius)) for s in pair.source_scene.sprites}
+        assert shown and shown <= truth
+        background = patches[:, 0] == len(COLOR_NAMES)
+        assert (patches[background, 3:] == IGNORE).all()
         if clause.target is not None and labels["c0.target_size"] != 0:  # not a small sprite: it covers patches
             assert patches[:, 2].max() == 1
 

@@ -55,6 +55,8 @@ from .probe import instruction_token_mask
 from .world_data import (
     COLOR_NAMES,
     IGNORE,
+    REGION_NAMES,
+    SIZE_NAMES,
     GroundingExamples,
     PairSource,
     StepBatchSampler,
@@ -69,6 +71,8 @@ from .world_data import (
 from ..world.scene import SHAPES
 
 PATCH_OUTPUTS = len(COLOR_NAMES) + 1 + len(SHAPES) + 1 + 1  # color or none, shape or none, referred
+# the vision head (before MiniLM): color or none, shape or none, 3x3 cell of the sprite's centre, its size
+VISION_OUTPUTS = len(COLOR_NAMES) + 1 + len(SHAPES) + 1 + len(REGION_NAMES) + len(SIZE_NAMES)
 
 __all__ = [
     "GroundingHeads",
@@ -165,11 +169,13 @@ class InstructorTrainConfig:
     eval: InstructorEvalConfig = field(default_factory=InstructorEvalConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     init: str | None = None  # a saved MiniVLMInstructor folder to start from (its config replaces `model`)
-    train_part: str = "all"  # all | fusion (only the fusion layers train; the init's ViT and MiniLM stay)
+    # all | fusion (only the fusion layers train; the init's ViT and MiniLM stay) | vision (vision
+    # pre-training: the ViT and projector alone, on what each patch shows; then `init=` this run's export)
+    train_part: str = "all"
 
     def __post_init__(self) -> None:
-        if self.train_part not in ("all", "fusion"):
-            raise ValueError(f"train_part must be all or fusion, got {self.train_part!r}")
+        if self.train_part not in ("all", "fusion", "vision"):
+            raise ValueError(f"train_part must be all, fusion or vision, got {self.train_part!r}")
         if self.init is not None:
             hint = "it is not a saved instructor folder: pass e.g. runs/instructor/instructor (written by `viva train instructor`)"
             data = component_config(self.init, "init", hint)
@@ -224,11 +230,12 @@ class GroundingHeads(nn.Module):
         if self.image_tokens:
             self.dense_norm = nn.LayerNorm(hidden)
             self.dense = nn.Linear(hidden, PATCH_OUTPUTS)
-        # Optional: each projected first-frame token (before MiniLM) -> its patch's color and shape.
+        # Optional: each projected first-frame token (before MiniLM) -> what its patch shows (no
+        # "referred": there is no text before MiniLM).
         self.vision = None
         if vision:
             self.vision_norm = nn.LayerNorm(hidden)
-            self.vision = nn.Linear(hidden, PATCH_OUTPUTS - 1)  # no "referred" column: no text before MiniLM
+            self.vision = nn.Linear(hidden, VISION_OUTPUTS)
 
     def forward(
         self, tokens: torch.Tensor, mask: torch.Tensor, read_mask: torch.Tensor | None = None
@@ -256,28 +263,45 @@ class GroundingModel(nn.Module):
     questions read only the [CLS] + instruction + [SEP] tokens, so what they ask (which sprite, its color,
     where it is, what the reference shows) must flow from the image into the instruction tokens.
     forward -> (question logits, dense logits [B,n_img,PATCH_OUTPUTS] or None, vision logits
-    [B,n_img,colors+1+shapes+1] of the projected frame tokens or None)."""
+    [B,n_img,VISION_OUTPUTS] of the projected frame tokens or None).
+
+    train_part: "all"; "fusion" (only the fusion layers train: the ViT and MiniLM are frozen, no dropout);
+    "vision" (vision pre-training: only the ViT, projector and image embeddings train, on the vision head
+    alone; MiniLM is not run and the question logits are empty)."""
 
     def __init__(
-        self, instructor: MiniVLMInstructor, heads: GroundingHeads, read_instruction_only: bool = True, fusion_only: bool = False
+        self, instructor: MiniVLMInstructor, heads: GroundingHeads, read_instruction_only: bool = True, train_part: str = "all"
     ):
         super().__init__()
         self.instructor = instructor
         self.heads = heads
         self.read_instruction_only = read_instruction_only
-        self.fusion_only = fusion_only  # only the fusion layers train: the ViT and MiniLM are frozen, no dropout
-        if fusion_only:
+        self.train_part = train_part
+        if train_part == "fusion":
             instructor.requires_grad_(False)
             instructor.fusion.requires_grad_(True)
+        elif train_part == "vision":
+            if heads.vision is None:
+                raise ValueError("train_part=vision needs the heads' vision head")
+            self.requires_grad_(False)
+            for module in (instructor.vision, instructor.projector, heads.vision, heads.vision_norm):
+                module.requires_grad_(True)
+            instructor.image_type.requires_grad_(True)
+            if instructor.image_positions is not None:
+                instructor.image_positions.requires_grad_(True)
 
     def train(self, mode: bool = True):
         super().train(mode)
-        if self.fusion_only:
+        if self.train_part != "all":  # the frozen parts keep eval mode (no dropout)
             self.instructor.eval()
-            self.instructor.fusion.train(mode)
+            trained = self.instructor.fusion if self.train_part == "fusion" else self.instructor.vision
+            trained.train(mode)
         return self
 
     def forward(self, instructions, frames, references):
+        if self.train_part == "vision":
+            frame_tokens = self.instructor.image_tokens(frames, self.instructor.image_type)
+            return [], None, self.heads.vision(self.heads.vision_norm(frame_tokens))
         frame_tokens, ref_tokens = self.instructor.encode_images(len(instructions), frames, references)
         out = self.instructor.read(instructions, frame_tokens, ref_tokens)
         read = instruction_token_mask(self.instructor, out.mask, references) if self.read_instruction_only else None
@@ -299,8 +323,7 @@ def grounding_loss(
     vision_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over heads of cross-entropy (ignored labels skipped) + dense_weight * the per-patch loss
-    (color CE + shape CE + referred BCE, `patch_labels`) + vision_weight * the color CE + shape CE of the
-    vision logits; stats hold the loss parts and every head's accuracy on the batch (NaN when no label of
+    (color CE + shape CE + referred BCE, `patch_labels`) + vision_weight * `vision_loss`; stats hold the loss parts and every head's accuracy on the batch (NaN when no label of
     the batch applies)."""
     total = logits[0].new_zeros((), dtype=torch.float32)
     stats: dict[str, float] = {}
@@ -323,30 +346,58 @@ def grounding_loss(
         loss = loss + dense_weight * dense_loss
         stats.update(dense_stats)
     if vision is not None and patches is not None and vision_weight > 0:
-        vision_loss, vision_stats = patch_loss(vision, patches, prefix="vision_")
-        loss = loss + vision_weight * vision_loss
+        part, vision_stats = vision_loss(vision, patches)
+        loss = loss + vision_weight * part
         stats.update(vision_stats)
     stats["loss"] = float(loss.detach())
     return loss, stats
 
 
-def patch_loss(dense: torch.Tensor, patches: torch.Tensor, prefix: str = "patch_") -> tuple[torch.Tensor, dict[str, float]]:
-    """dense [B,N,PATCH_OUTPUTS] logits vs patches [B,N,3] (color, shape, referred): CE + CE + BCE; logits
-    without the referred column ([B,N,PATCH_OUTPUTS-1]) give CE + CE. Stats are named `prefix`..."""
+def _patch_ce(
+    logits: torch.Tensor, target: torch.Tensor, sprite: torch.Tensor, name: str, stats: dict[str, float]
+) -> torch.Tensor:
+    """Cross-entropy of per-patch logits [B,N,C] vs target [B,N] (IGNORE skipped); records `name`_ce and
+    the accuracy on patches that show a sprite (`sprite` [B,N]) as acc/`name`."""
+    valid = target != IGNORE
+    if not valid.any():
+        return logits.new_zeros((), dtype=torch.float32)
+    ce = F.cross_entropy(logits.flatten(0, 1), target.flatten(), ignore_index=IGNORE)
+    stats[f"{name}_ce"] = float(ce.detach())
+    with torch.no_grad():
+        if sprite.any():
+            stats[f"acc/{name}"] = float((logits.argmax(-1) == target)[sprite].float().mean())
+    return ce
+
+
+def vision_loss(vision: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Vision logits [B,N,VISION_OUTPUTS] vs patches [B,N,PATCH_COLUMNS]: the sum of the color, shape, cell
+    and size cross-entropies (cell and size only on patches that show a sprite); stats vision_*."""
+    vision = vision.float()
+    sprite = patches[..., 0] != len(COLOR_NAMES)
+    stats: dict[str, float] = {}
+    nc, ns, ncell = len(COLOR_NAMES) + 1, len(SHAPES) + 1, len(REGION_NAMES)
+    parts = (
+        (vision[..., :nc], 0, "vision_color"),
+        (vision[..., nc : nc + ns], 1, "vision_shape"),
+        (vision[..., nc + ns : nc + ns + ncell], 3, "vision_cell"),
+        (vision[..., nc + ns + ncell :], 4, "vision_size"),
+    )
+    loss = sum(_patch_ce(logits, patches[..., column], sprite, name, stats) for logits, column, name in parts)
+    return loss, stats
+
+
+def patch_loss(dense: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """dense [B,N,PATCH_OUTPUTS] logits vs patches [B,N,PATCH_COLUMNS] (color, shape, referred, ...):
+    color CE + shape CE + referred BCE; stats patch_*."""
     dense = dense.float()
     nc, ns = len(COLOR_NAMES) + 1, len(SHAPES) + 1
-    color, shape = dense[..., :nc], dense[..., nc : nc + ns]
-    loss_color = F.cross_entropy(color.flatten(0, 1), patches[..., 0].flatten())
-    loss_shape = F.cross_entropy(shape.flatten(0, 1), patches[..., 1].flatten())
-    loss = loss_color + loss_shape
-    stats = {f"{prefix}color_ce": float(loss_color.detach()), f"{prefix}shape_ce": float(loss_shape.detach())}
-    with torch.no_grad():
-        sprite = patches[..., 0] != len(COLOR_NAMES)  # patches that show a sprite
-        if sprite.any():
-            stats[f"acc/{prefix}color"] = float((color.argmax(-1) == patches[..., 0])[sprite].float().mean())
-            stats[f"acc/{prefix}shape"] = float((shape.argmax(-1) == patches[..., 1])[sprite].float().mean())
+    sprite = patches[..., 0] != len(COLOR_NAMES)  # patches that show a sprite
+    stats: dict[str, float] = {}
+    loss = _patch_ce(dense[..., :nc], patches[..., 0], sprite, "patch_color", stats)
+    loss = loss + _patch_ce(dense[..., nc : nc + ns], patches[..., 1], sprite, "patch_shape", stats)
+    prefix = "patch_"
     valid = patches[..., 2] != IGNORE
-    if dense.shape[-1] > nc + ns and valid.any():
+    if valid.any():
         referred = dense[..., nc + ns]
         target = patches[..., 2][valid].float()
         loss_ref = F.binary_cross_entropy_with_logits(referred[valid], target, pos_weight=referred.new_tensor(8.0))
@@ -415,11 +466,9 @@ class InstructorTrainingRun(TrainingRun):
             image_tokens=cfg.model.image_tokens if cfg.heads.dense_weight > 0 else 0,
             attention_heads=cfg.heads.attention_heads,
             mlp_ratio=cfg.heads.mlp_ratio,
-            vision=cfg.heads.vision_weight > 0,
+            vision=cfg.heads.vision_weight > 0 or cfg.train_part == "vision",
         )
-        self.model = GroundingModel(
-            self.instructor, self.heads, cfg.heads.read_instruction_only, fusion_only=cfg.train_part == "fusion"
-        ).to(self.device)
+        self.model = GroundingModel(self.instructor, self.heads, cfg.heads.read_instruction_only, cfg.train_part).to(self.device)
         self.source = PairSource(cfg.data)
         return {"instructor": self.instructor, "heads": self.heads}
 
@@ -455,6 +504,10 @@ class InstructorTrainingRun(TrainingRun):
     def compute_loss(self, batch):
         instructions, frames, refs = batch_inputs(batch, self.device)
         logits, dense, vision = self.model(instructions, frames, refs)
+        if self.config.train_part == "vision":
+            loss, stats = vision_loss(vision, batch["patches"].to(self.device))
+            stats["loss"] = float(loss.detach())
+            return loss, stats
         return grounding_loss(
             logits,
             dense,
@@ -474,7 +527,8 @@ class InstructorTrainingRun(TrainingRun):
         steps = max(1, -(-cfg.eval.num_examples // cfg.eval.batch_size))
         loader = self._loader(held_out, 0, steps, cfg.eval.batch_size)
         heads = evaluate_heads(self.model, loader, self.device, self.heads.names, cfg.eval.num_examples)
-        # 2. Export the instructor (frozen in the editor), then probe it.
+        # 2. Export the instructor (frozen in the editor), then probe it (not after vision pre-training:
+        # MiniLM has not seen the new image tokens yet).
         self.instructor.save_pretrained(self.run_dir / "instructor")
         summary = {
             "component": "instructor",
@@ -486,7 +540,7 @@ class InstructorTrainingRun(TrainingRun):
             "num_parameters": self.instructor.num_parameters(),
             "num_trainable": sum(p.numel() for p in self.instructor.parameters() if p.requires_grad),
         }
-        if cfg.probe.enabled:
+        if cfg.probe.enabled and cfg.train_part != "vision":
             from .probe import probe_report
 
             summary["probe"] = probe_report(
@@ -504,6 +558,14 @@ class InstructorTrainingRun(TrainingRun):
                 workers=auto_workers(self.train.num_workers),
             )
         write_json(self.run_dir / "eval.json", summary)
+        if cfg.train_part == "vision":
+            acc = heads["vision_accuracy"]
+            self.log(
+                "held-out vision accuracy on sprite patches: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+                + f"; wrote {self.run_dir / 'instructor'} (continue with init=that folder) and eval.json"
+            )
+            return summary
         line = (
             f"held-out accuracy: target color {heads['accuracy'].get('c0.target_color', float('nan')):.3f}, "
             f"target cell {heads['accuracy'].get('c0.target_cell', float('nan')):.3f}, "
@@ -520,12 +582,15 @@ class InstructorTrainingRun(TrainingRun):
 
 @torch.no_grad()
 def evaluate_heads(model: GroundingModel, loader, device: torch.device, names: tuple[str, ...], limit: int) -> dict:
-    """Held-out accuracy of every head (over the examples where its question applies) and of the dense head."""
+    """Held-out accuracy of every head (over the examples where its question applies), of the dense head's
+    patch color and of the vision head (color, shape, cell, size; over patches that show a sprite)."""
     was_training = model.training
     model.eval()
     correct = {n: 0 for n in names}
     counts = {n: 0 for n in names}
     dense_correct, dense_count, seen = 0, 0, 0
+    vision_correct, vision_count = torch.zeros(4, dtype=torch.long), 0
+    nc, ns, ncell = len(COLOR_NAMES) + 1, len(SHAPES) + 1, len(REGION_NAMES)
     for batch in loader:
         take = min(len(batch["instruction"]), limit - seen)
         if take <= 0:
@@ -533,22 +598,29 @@ def evaluate_heads(model: GroundingModel, loader, device: torch.device, names: t
         batch = {k: v[:take] for k, v in batch.items()}
         instructions, frames, refs = batch_inputs(batch, device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits, dense, _ = model(instructions, frames, refs)
+            logits, dense, vision = model(instructions, frames, refs)
         labels = batch["labels"].to(device)
-        for i, name in enumerate(names):
+        for i, logit in enumerate(logits):
             valid = labels[:, i] != IGNORE
-            counts[name] += int(valid.sum())
-            correct[name] += int((logits[i].argmax(-1)[valid] == labels[valid, i]).sum())
+            counts[names[i]] += int(valid.sum())
+            correct[names[i]] += int((logit.argmax(-1)[valid] == labels[valid, i]).sum())
+        patches = batch["patches"].to(device)
+        sprite = patches[..., 0] != len(COLOR_NAMES)
         if dense is not None:
-            patches = batch["patches"].to(device)
-            sprite = patches[..., 0] != len(COLOR_NAMES)
-            nc = len(COLOR_NAMES) + 1
             dense_correct += int((dense[..., :nc].argmax(-1) == patches[..., 0])[sprite].sum())
             dense_count += int(sprite.sum())
+        if vision is not None:
+            bounds = (0, nc, nc + ns, nc + ns + ncell, vision.shape[-1])
+            for j, column in enumerate((0, 1, 3, 4)):
+                pred = vision[..., bounds[j] : bounds[j + 1]].argmax(-1)
+                vision_correct[j] += int((pred == patches[..., column])[sprite].sum())
+            vision_count += int(sprite.sum())
         seen += take
     model.train(was_training)
     accuracy = {n: correct[n] / counts[n] for n in names if counts[n]}
     out = {"accuracy": accuracy, "counts": {n: counts[n] for n in names if counts[n]}, "num_examples": seen}
     if dense_count:
         out["patch_color_accuracy"] = dense_correct / dense_count  # over patches that show a sprite
+    if vision_count:
+        out["vision_accuracy"] = {k: int(c) / vision_count for k, c in zip(("color", "shape", "cell", "size"), vision_correct)}
     return out

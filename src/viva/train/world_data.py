@@ -43,6 +43,7 @@ __all__ = [
     "grounding_label_spaces",
     "grounding_labels",
     "patch_labels",
+    "PATCH_COLUMNS",
     "collate_grounding",
     "to_unit",
     "auto_workers",
@@ -245,6 +246,7 @@ REGION_NAMES: tuple[str, ...] = tuple(REGIONS)  # row-major 3x3 cells: "top left
 BACKGROUND_NAMES: tuple[str, ...] = tuple(BACKGROUND_COLORS)
 CATEGORY_CLASSES: tuple[str, ...] = PRIMITIVE_CATEGORIES + ("none",)
 PATCH_COVER = 0.25  # a patch belongs to a sprite covering at least this fraction of it
+PATCH_COLUMNS = 5  # patch_labels: color, shape, referred, cell of the sprite's centre, size class
 
 
 def clause_label_spaces() -> dict[str, tuple[str, ...]]:
@@ -330,10 +332,11 @@ def grounding_labels(pair: EditPair, max_clauses: int = 1) -> dict[str, int]:
 
 
 def patch_labels(pair: EditPair, grid: int = 8) -> np.ndarray:
-    """int64 [grid*grid, 3]: for each image patch of the source's first frame (row-major, the instructor's
-    token grid), the color (0..7, 8 = background) and shape (0..5, 6 = background) of the sprite that
-    covers most of it (at least PATCH_COVER of 4x4 sample points, occlusion respected), and whether that
-    sprite is the one the first clause refers to (1/0; IGNORE when the clause has no target)."""
+    """int64 [grid*grid, PATCH_COLUMNS]: for each image patch of the source's first frame (row-major, the
+    instructor's token grid), about the sprite that covers most of it (at least PATCH_COVER of 4x4 sample
+    points, occlusion respected): its color (0..7, 8 = background) and shape (0..5, 6 = background),
+    whether it is the one the first clause refers to (1/0; IGNORE when the clause has no target), the 3x3
+    cell of its centre and its size class (IGNORE on background patches)."""
     height, width = pair.source.shape[1:3]
     scale = float(min(height, width))
     sub = (np.arange(4) + 0.5) / 4.0
@@ -350,16 +353,19 @@ def patch_labels(pair: EditPair, grid: int = 8) -> np.ndarray:
         owner[shape_sdf(sprite.shape, u, v) < 0.0] = k
     owner = owner.reshape(grid, 4, grid, 4).transpose(0, 2, 1, 3).reshape(grid * grid, 16)
     target = pair.program[0].target if pair.program else None
-    out = np.empty((grid * grid, 3), dtype=np.int64)
+    out = np.empty((grid * grid, PATCH_COLUMNS), dtype=np.int64)
     out[:, 0] = len(COLOR_NAMES)
     out[:, 1] = len(SHAPES)
     out[:, 2] = 0 if target is not None else IGNORE
+    out[:, 3:] = IGNORE
     for patch in range(grid * grid):
         counts = np.bincount(owner[patch] + 1, minlength=len(sprites) + 1)[1:]
         if counts.size and counts.max() >= PATCH_COVER * 16:
             sprite = sprites[int(counts.argmax())]
             out[patch, 0] = COLOR_NAMES.index(sprite.color)
             out[patch, 1] = SHAPES.index(sprite.shape)
+            out[patch, 3] = cell_index(*sprite.position(0.0))
+            out[patch, 4] = SIZE_NAMES.index(size_name(sprite.radius))
             if target is not None:
                 out[patch, 2] = int(sprite.id == target)
     return out
@@ -367,7 +373,7 @@ def patch_labels(pair: EditPair, grid: int = 8) -> np.ndarray:
 
 class GroundingExamples(Dataset):
     """index -> {"instruction", "frame" uint8 [H,W,3] (the source's first frame), "reference" uint8
-    [h,w,3] or None, "labels" int64 [heads], "patches" int64 [grid*grid, 3] (`patch_labels`), "key"}."""
+    [h,w,3] or None, "labels" int64 [heads], "patches" int64 [grid*grid, PATCH_COLUMNS] (`patch_labels`), "key"}."""
 
     def __init__(self, source: PairSource, max_clauses: int = 1, grid: int = 8):
         self.source = source

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The grounded mini instructor (docs/instructor.md), on a 2-core CPU:
+#   VIVA=.venv/bin/viva scripts/train_grounded_instructor_cpu.sh [RUNS]       (default RUNS=runs/gv)
+# 1. vision pre-training (what CLIP is to LLaVA): the conv-stem ViT + projector alone learn what each patch
+#    shows (color, shape, the cell of its sprite's centre, its size); ~17 min.
+# 2. vision-language pre-training from that ViT, with 2 fusion layers (position-aware: "where"), the vision
+#    loss kept on so the ViT does not forget shapes ("what"); ~45 min; ends with the grounding probe.
+# Each stage resumes from its last checkpoint when run again with the same command, and is skipped once
+# its export exists.
+set -euo pipefail
+VIVA=${VIVA:-viva}
+RUNS=${1:-runs/gv}
+COMMON=(--config configs/instructor_mini.yaml --device cpu train.num_workers=1 train.cpu_threads=2
+        train.checkpoint_every=250 --no-progress)
+
+if [ ! -f "$RUNS/V/instructor/model.safetensors" ]; then
+  "$VIVA" train instructor "${COMMON[@]}" --out "$RUNS/V" train_part=vision data.image_fraction=1.0 \
+    model.image_token_pool=2 model.image_token_positions=false model.train_language_model=true \
+    model.vision.stem=conv optim.lr=1.0e-3 optim.warmup_steps=100 train.steps=2000 train.batch_size=64
+fi
+if [ ! -f "$RUNS/I/instructor/model.safetensors" ]; then
+  "$VIVA" train instructor "${COMMON[@]}" --out "$RUNS/I" init="$RUNS/V/instructor" model.fusion_layers=2 \
+    heads.vision_weight=1.0 optim.lr=5.0e-4 optim.language_model_lr=1.0e-4 optim.warmup_steps=200 \
+    train.steps=3000 train.batch_size=32
+fi
