@@ -23,3 +23,10 @@ if [ ! -f "$RUNS/I/instructor/model.safetensors" ]; then
     heads.vision_weight=1.0 optim.lr=5.0e-4 optim.language_model_lr=1.0e-4 optim.warmup_steps=200 \
     train.steps=3000 train.batch_size=32
 fi
+# 3. The editor on the grounded instructor's tokens: a 2500-step SFT schedule from the stage-9 editor
+#    (runs/sft5/model of scripts/train_mini_cpu.sh; its refiner and DiT re-learn to read the new tokens).
+SFT_FROM=${SFT_FROM:-runs/sft5/model}
+[ -d "$RUNS/sft/checkpoints/step-00002500" ] || "$VIVA" train sft --config configs/sft_mini.yaml --out "$RUNS/sft" \
+  --device cpu model.init="$SFT_FROM" model.vae=runs/vae/vae model.instructor="$RUNS/I/instructor" \
+  train.steps=2500 train.batch_size=32 optim.lr=2.0e-4 optim.warmup_steps=100 train.num_workers=1 train.cpu_threads=2 \
+  train.checkpoint_every=250 train.sample_every=2500 train.log_every=50 --no-progress

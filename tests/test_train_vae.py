@@ -142,6 +142,29 @@ def test_resume_is_exact_and_config_changes_are_refused(tmp_path, capsys):
     assert json.loads((straight / "eval.json").read_text())["psnr"] == json.loads((resumed / "eval.json").read_text())["psnr"]
 
 
+def test_a_run_folder_in_use_is_refused(tmp_path, capsys):
+    """Another process holding RUN/.lock (a running training) makes a second one on the same folder a
+    one-line error that touches nothing; once it is gone the run goes ahead."""
+    run = tmp_path / "run"
+    run.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "f.write('4242\\n'); f.flush(); print('held', flush=True); time.sleep(120)", str(run / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert main(["train", "vae", "--no-progress", "--out", str(run), *TINY]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "in use by another training run (process 4242)" in err[0], err
+        assert sorted(p.name for p in run.iterdir()) == [".lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["train", "vae", "--no-progress", "--out", str(run), *TINY]) == 0
+    assert (run / "vae").is_dir() and (run / ".lock").read_text().strip() == str(os.getpid())
+
+
 def test_sigterm_saves_a_checkpoint_and_exits_143(tmp_path):
     """SIGTERM to the whole process group (as `timeout` or a scheduler sends it), data workers included."""
     run = tmp_path / "run"

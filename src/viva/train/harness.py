@@ -141,6 +141,36 @@ def lr_factor(step: int, steps: int, optim: OptimConfig) -> float:
     return optim.min_lr_ratio + (1.0 - optim.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+class RunFolderInUse(VivaUserError):
+    """Another process holds the run folder's lock."""
+
+
+def lock_run_folder(run_dir: Path):
+    """Take RUN/.lock (an exclusive flock, held while the returned file stays open, released by the OS
+    if the process dies): two trainings writing one run folder would interleave their checkpoints and
+    logs. A folder already locked is one line (VivaUserError) naming the process that holds it."""
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): unguarded, as before
+        return None
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise RunFolderInUse(
+            f"{run_dir} is in use by another training run (process {holder}); wait for it to finish or stop it, "
+            "or give another --out"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def write_json(path: Path, data: Any) -> None:
     from viva.io.atomic import atomic_write_bytes
 
@@ -398,13 +428,17 @@ class TrainingRun:
         user error (bad init folder, unreadable weights, ...) in a run this call started removes the run
         folder it created, so nothing partial is left behind."""
         created = not self.run_dir.exists()
+        self._lock = None
         try:
             return self._run()
-        except VivaUserError:
-            if created:
+        except VivaUserError as error:
+            if created and not isinstance(error, RunFolderInUse):  # never another run's folder
                 shutil.rmtree(self.run_dir, ignore_errors=True)
             raise
         finally:
+            if self._lock is not None:
+                self._lock.close()  # releases the run folder
+
             # Tear the process group down before the interpreter exits: a gloo group left to the C++
             # static destructors can abort the process ("terminate called without an active exception").
             import torch.distributed as dist
@@ -425,6 +459,8 @@ class TrainingRun:
                 "accelerate's own FSDP is not used by viva: launch with a multi-GPU config "
                 "(configs/accelerate/ddp.yaml) and set train.fsdp=true to shard the trainable modules"
             )
+        if self.is_main:
+            self._lock = lock_run_folder(self.run_dir)
         self._check_config()
         if self.train.cpu_threads > 0:
             torch.set_num_threads(self.train.cpu_threads)
