@@ -49,6 +49,11 @@ def _compute_hours(rows: list[dict], per_step: int) -> float | None:
     return hours
 
 
+def config_name(stage: str) -> str:
+    """The file a stage's config is copied to in the bundle: gv/sft -> gv_sft.yaml."""
+    return stage.replace("/", "_") + ".yaml"
+
+
 def _run_section(name: str, run: Path) -> list[str]:
     config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
     train = config.get("train", {})
@@ -81,10 +86,18 @@ def _run_section(name: str, run: Path) -> list[str]:
                          f"(per-clip mean {data['psnr_mean']:.2f}, min {data['psnr_min']:.2f}; {data['num_clips']} clips{clips})")
         if "heads" in data:
             acc = data["heads"]["accuracy"]
-            lines.append("- held-out accuracy of the pre-training heads (c0: the first clause): " + ", ".join(
-                f"{k} {v:.3f}" for k, v in acc.items() if k.startswith("c0.target") or k == "ref.pattern"
-            ))
-    lines.append(f"- config: `{run / 'config.yaml'}` (copied into this folder as configs/{name}.yaml)")
+            if acc:
+                lines.append("- held-out accuracy of the pre-training heads (c0: the first clause): " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in acc.items() if k.startswith("c0.target") or k == "ref.pattern"
+                ))
+            if "vision_accuracy" in data["heads"] and data.get("train_part") == "vision":
+                lines.append("- vision pre-training; held-out accuracy on sprite patches: " + ", ".join(
+                    f"{k} {v:.3f}" for k, v in data["heads"]["vision_accuracy"].items()
+                ))
+        if "probe" in data:
+            probe = data["probe"]["instructor"]
+            lines.append(f"- grounding probe (held out): colour {probe['color']:.3f}, cell {probe['cell']:.3f}")
+    lines.append(f"- config: `{run / 'config.yaml'}` (copied into this folder as configs/{config_name(name)})")
     return lines + [""]
 
 
@@ -125,7 +138,7 @@ def model_card(model: Path, runs: Path, grpo_run: Path | None, evaluation: Path 
         "add and replace; 1-frame image pairs and 8-frame video pairs; hybrid (multi-clause) instructions are",
         "not in the SFT data. Pairs are generated on the fly from the step's seed, so every step sees new pairs.",
         "",
-        "## Training (the exact commands: scripts/train_mini_cpu.sh)",
+        "## Training (the exact commands: scripts/train_mini_cpu.sh; runs under gv/: scripts/train_grounded_instructor_cpu.sh)",
         "",
     ]
     for name in stages:
@@ -177,7 +190,7 @@ def main() -> int:
     configs.mkdir()
     for name, run in [(n, args.runs / n) for n in stages] + [("grpo", args.grpo_run)]:
         if run is not None and (run / "config.yaml").is_file():
-            shutil.copy(run / "config.yaml", configs / f"{name}.yaml")
+            shutil.copy(run / "config.yaml", configs / config_name(name))
     backup = args.out.with_name(args.out.name + ".old")
     if args.out.exists():
         shutil.rmtree(backup, ignore_errors=True)
