@@ -35,3 +35,9 @@ SFT_FROM=${SFT_FROM:-runs/sft5/model}
   --device cpu model.init="$SFT_FROM" model.vae=runs/vae/vae model.instructor="$RUNS/I/instructor" \
   train.steps=2500 train.batch_size=32 optim.lr=2.0e-4 optim.warmup_steps=100 train.num_workers=1 train.cpu_threads=2 \
   train.checkpoint_every=250 train.sample_every=2500 train.log_every=50 --no-progress
+# 4. The editor on I2's tokens (probe >= 0.95): 2000 steps from stage 3's editor, which already reads
+#    grounded tokens (started at the end of session 6; resumes from its checkpoints).
+[ -d "$RUNS/sft_i2/checkpoints/step-00002000" ] || "$VIVA" train sft --config configs/sft_mini.yaml --out "$RUNS/sft_i2" \
+  --device cpu model.init="$RUNS/sft/model" model.vae=runs/vae/vae model.instructor="$RUNS/I2/instructor" \
+  train.steps=2000 train.batch_size=32 optim.lr=1.0e-4 optim.warmup_steps=50 train.num_workers=1 train.cpu_threads=2 \
+  train.checkpoint_every=250 train.sample_every=2000 train.log_every=50 --no-progress
