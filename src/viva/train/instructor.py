@@ -71,8 +71,23 @@ from .world_data import (
 from ..world.scene import SHAPES
 
 PATCH_OUTPUTS = len(COLOR_NAMES) + 1 + len(SHAPES) + 1 + 1  # color or none, shape or none, referred
-# the vision head (before MiniLM): color or none, shape or none, 3x3 cell of the sprite's centre, its size
-VISION_OUTPUTS = len(COLOR_NAMES) + 1 + len(SHAPES) + 1 + len(REGION_NAMES) + len(SIZE_NAMES)
+# The vision head (before MiniLM): (name, classes, column of `patch_labels`) in the order of its logits:
+# color or none, shape or none, 3x3 cell of the sprite's centre, its size class.
+VISION_PARTS = (
+    ("color", len(COLOR_NAMES) + 1, 0),
+    ("shape", len(SHAPES) + 1, 1),
+    ("cell", len(REGION_NAMES), 3),
+    ("size", len(SIZE_NAMES), 4),
+)
+VISION_OUTPUTS = sum(classes for _, classes, _ in VISION_PARTS)
+
+
+def vision_parts(vision: torch.Tensor):
+    """Vision logits [B,N,VISION_OUTPUTS] -> (name, logits [B,N,classes], patch_labels column) per part."""
+    start = 0
+    for name, classes, column in VISION_PARTS:
+        yield name, vision[..., start : start + classes], column
+        start += classes
 
 __all__ = [
     "GroundingHeads",
@@ -299,16 +314,16 @@ class GroundingModel(nn.Module):
         return self
 
     def forward(self, instructions, frames, references):
-        if self.train_part == "vision":
-            frame_tokens = self.instructor.image_tokens(frames, self.instructor.image_type)
-            return [], None, self.heads.vision(self.heads.vision_norm(frame_tokens))
-        frame_tokens, ref_tokens = self.instructor.encode_images(len(instructions), frames, references)
-        out = self.instructor.read(instructions, frame_tokens, ref_tokens)
-        read = instruction_token_mask(self.instructor, out.mask, references) if self.read_instruction_only else None
-        logits, dense = self.heads(out.tokens, out.mask, read)
+        vision_only = self.train_part == "vision"  # references are not read then: not encoded either
+        frame_tokens, ref_tokens = self.instructor.encode_images(len(instructions), frames, None if vision_only else references)
         vision = None
         if self.heads.vision is not None:
             vision = self.heads.vision(self.heads.vision_norm(frame_tokens))
+        if vision_only:
+            return [], None, vision
+        out = self.instructor.read(instructions, frame_tokens, ref_tokens)
+        read = instruction_token_mask(self.instructor, out.mask, references) if self.read_instruction_only else None
+        logits, dense = self.heads(out.tokens, out.mask, read)
         return logits, dense, vision
 
 
@@ -323,8 +338,8 @@ def grounding_loss(
     vision_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean over heads of cross-entropy (ignored labels skipped) + dense_weight * the per-patch loss
-    (color CE + shape CE + referred BCE, `patch_labels`) + vision_weight * `vision_loss`; stats hold the loss parts and every head's accuracy on the batch (NaN when no label of
-    the batch applies)."""
+    (color CE + shape CE + referred BCE, `patch_labels`) + vision_weight * `vision_loss`; stats hold the
+    loss parts and every head's accuracy on the batch (NaN when no label of the batch applies)."""
     total = logits[0].new_zeros((), dtype=torch.float32)
     stats: dict[str, float] = {}
     for i, (name, logit) in enumerate(zip(names, logits)):
@@ -372,17 +387,12 @@ def _patch_ce(
 def vision_loss(vision: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     """Vision logits [B,N,VISION_OUTPUTS] vs patches [B,N,PATCH_COLUMNS]: the sum of the color, shape, cell
     and size cross-entropies (cell and size only on patches that show a sprite); stats vision_*."""
-    vision = vision.float()
     sprite = patches[..., 0] != len(COLOR_NAMES)
     stats: dict[str, float] = {}
-    nc, ns, ncell = len(COLOR_NAMES) + 1, len(SHAPES) + 1, len(REGION_NAMES)
-    parts = (
-        (vision[..., :nc], 0, "vision_color"),
-        (vision[..., nc : nc + ns], 1, "vision_shape"),
-        (vision[..., nc + ns : nc + ns + ncell], 3, "vision_cell"),
-        (vision[..., nc + ns + ncell :], 4, "vision_size"),
+    loss = sum(
+        _patch_ce(logits, patches[..., column], sprite, f"vision_{name}", stats)
+        for name, logits, column in vision_parts(vision.float())
     )
-    loss = sum(_patch_ce(logits, patches[..., column], sprite, name, stats) for logits, column, name in parts)
     return loss, stats
 
 
@@ -395,18 +405,17 @@ def patch_loss(dense: torch.Tensor, patches: torch.Tensor) -> tuple[torch.Tensor
     stats: dict[str, float] = {}
     loss = _patch_ce(dense[..., :nc], patches[..., 0], sprite, "patch_color", stats)
     loss = loss + _patch_ce(dense[..., nc : nc + ns], patches[..., 1], sprite, "patch_shape", stats)
-    prefix = "patch_"
     valid = patches[..., 2] != IGNORE
     if valid.any():
         referred = dense[..., nc + ns]
         target = patches[..., 2][valid].float()
         loss_ref = F.binary_cross_entropy_with_logits(referred[valid], target, pos_weight=referred.new_tensor(8.0))
         loss = loss + loss_ref
-        stats[f"{prefix}referred_bce"] = float(loss_ref.detach())
+        stats["patch_referred_bce"] = float(loss_ref.detach())
         with torch.no_grad():
             positive = target > 0.5
             if positive.any():
-                stats[f"acc/{prefix}referred"] = float(((referred[valid] > 0) == positive)[positive].float().mean())
+                stats["acc/patch_referred"] = float(((referred[valid] > 0) == positive)[positive].float().mean())
     return loss, stats
 
 
@@ -589,8 +598,8 @@ def evaluate_heads(model: GroundingModel, loader, device: torch.device, names: t
     correct = {n: 0 for n in names}
     counts = {n: 0 for n in names}
     dense_correct, dense_count, seen = 0, 0, 0
-    vision_correct, vision_count = torch.zeros(4, dtype=torch.long), 0
-    nc, ns, ncell = len(COLOR_NAMES) + 1, len(SHAPES) + 1, len(REGION_NAMES)
+    vision_correct, vision_count = {name: 0 for name, _, _ in VISION_PARTS}, 0
+    nc = len(COLOR_NAMES) + 1
     for batch in loader:
         take = min(len(batch["instruction"]), limit - seen)
         if take <= 0:
@@ -610,10 +619,8 @@ def evaluate_heads(model: GroundingModel, loader, device: torch.device, names: t
             dense_correct += int((dense[..., :nc].argmax(-1) == patches[..., 0])[sprite].sum())
             dense_count += int(sprite.sum())
         if vision is not None:
-            bounds = (0, nc, nc + ns, nc + ns + ncell, vision.shape[-1])
-            for j, column in enumerate((0, 1, 3, 4)):
-                pred = vision[..., bounds[j] : bounds[j + 1]].argmax(-1)
-                vision_correct[j] += int((pred == patches[..., column])[sprite].sum())
+            for name, logits_part, column in vision_parts(vision):
+                vision_correct[name] += int((logits_part.argmax(-1) == patches[..., column])[sprite].sum())
             vision_count += int(sprite.sum())
         seen += take
     model.train(was_training)
@@ -622,5 +629,5 @@ def evaluate_heads(model: GroundingModel, loader, device: torch.device, names: t
     if dense_count:
         out["patch_color_accuracy"] = dense_correct / dense_count  # over patches that show a sprite
     if vision_count:
-        out["vision_accuracy"] = {k: int(c) / vision_count for k, c in zip(("color", "shape", "cell", "size"), vision_correct)}
+        out["vision_accuracy"] = {name: c / vision_count for name, c in vision_correct.items()}
     return out
